@@ -1,0 +1,156 @@
+-- Dedup, seq allocation, message cache and sender read seqs for one batch of
+-- one conversation, in one atomic step (see src/cache/mod.rs for the Rust
+-- side and the protocol around refills).
+--
+-- KEYS[1]  MALLOC_SEQ:<conv>                hash CURR, LAST, TIME, LOCK (OpenIM's)
+-- KEYS[2]  {MALLOC_SEQ:<conv>}:DEDUP:<e>    hash clientMsgID -> seq, epoch e (now)
+-- KEYS[3]  {MALLOC_SEQ:<conv>}:DEDUP:<e-1>  the previous epoch
+-- ARGV[1]  conversation ID
+-- ARGV[2]  now, ms
+-- ARGV[3]  lock token
+-- ARGV[4]  refill mode: 0 none, 1 key was missing, 3 block was exhausted
+-- ARGV[5]  refill: seq before the reserved block (Mongo's old max_seq)
+-- ARGV[6]  refill: block size
+-- ARGV[7]  dedup key TTL, ms
+-- ARGV[8]  MALLOC_SEQ TTL, s
+-- ARGV[9]  lock TTL, ms
+-- ARGV[10] MSG_CACHE TTL, s
+-- ARGV[11] SEQ_USER_READ TTL, s
+-- ARGV[12] n, the number of messages
+-- ARGV[13..12+4n]  per message: clientMsgID, sender index (0 = none),
+--                  cache JSON before the seq, cache JSON after the seq
+-- then the sender user IDs, indexed from 1.
+--
+-- Replies:
+--   {0, prev, seq_1, hit_1, ..., seq_n, hit_n}  done; prev = CURR before
+--   {1, need}                   key missing, lock taken: reserve and retry
+--   {3, need}                   block exhausted, lock taken: reserve and retry
+--   {2}                         another refill holds the lock: wait, retry
+--   {4}                         our refill lost its lock: start over
+-- Numbers are written with %d so large seqs never turn into 1e+15.
+
+local malloc = KEYS[1]
+local conv = ARGV[1]
+local now = tonumber(ARGV[2])
+local token = ARGV[3]
+local mode = tonumber(ARGV[4])
+local n = tonumber(ARGV[12])
+local base = 12
+local senders_at = base + 4 * n
+
+local function num(x) return string.format('%d', x) end
+
+-- 1. Dedup: which messages already have a seq (earlier delivery, or an
+--    earlier copy inside this batch)?
+local ids = {}
+for i = 1, n do ids[i] = ARGV[base + 4 * (i - 1) + 1] end
+local cur_epoch = redis.call('HMGET', KEYS[2], unpack(ids))
+local prev_epoch = redis.call('HMGET', KEYS[3], unpack(ids))
+local seqs, hits, first_of = {}, {}, {}
+local need = 0
+for i = 1, n do
+  local id = ids[i]
+  local known = cur_epoch[i] or prev_epoch[i]
+  if id ~= '' and known then
+    seqs[i] = tonumber(known); hits[i] = 1
+  elseif id ~= '' and first_of[id] then
+    hits[i] = 1 -- resolved after allocation
+  else
+    need = need + 1; hits[i] = 0
+    if id ~= '' then first_of[id] = i end
+  end
+end
+
+-- 2. Allocation, compatible with OpenIM's MALLOC_SEQ protocol.
+local prev = 0
+if need > 0 then
+  local exists = redis.call('EXISTS', malloc)
+  local h = redis.call('HMGET', malloc, 'CURR', 'LAST', 'LOCK')
+  if mode == 1 or mode == 3 then
+    -- Install the block we reserved in Mongo, if the lock is still ours. If
+    -- the whole key expired meanwhile the block is still exclusively ours.
+    if exists == 1 and h[3] ~= token then return {4} end
+    local rbase = tonumber(ARGV[5])
+    local rblock = tonumber(ARGV[6])
+    local curr = rbase
+    if mode == 3 and exists == 1 and tonumber(h[2]) == rbase then
+      curr = tonumber(h[1]) -- Mongo was untouched: continue the old block
+    end
+    redis.call('HSET', malloc, 'CURR', num(curr), 'LAST', num(rbase + rblock))
+    redis.call('HDEL', malloc, 'LOCK')
+    h = {num(curr), num(rbase + rblock), false}
+  elseif h[3] then
+    return {2}
+  elseif exists == 0 then
+    redis.call('HSET', malloc, 'LOCK', token)
+    redis.call('PEXPIRE', malloc, ARGV[9])
+    return {1, need}
+  end
+  local curr = tonumber(h[1]) or 0
+  local last = tonumber(h[2]) or 0
+  if curr + need > last then
+    redis.call('HSET', malloc, 'LOCK', token)
+    redis.call('PEXPIRE', malloc, ARGV[9])
+    return {3, need}
+  end
+  prev = curr
+  local next_seq = curr
+  local fresh = {}
+  for i = 1, n do
+    if hits[i] == 0 then
+      next_seq = next_seq + 1
+      seqs[i] = next_seq
+      local id = ids[i]
+      if id ~= '' then
+        fresh[#fresh + 1] = id
+        fresh[#fresh + 1] = num(next_seq)
+      end
+    end
+  end
+  for i = 1, n do
+    if seqs[i] == nil then seqs[i] = seqs[first_of[ids[i]]] end
+  end
+  redis.call('HSET', malloc, 'CURR', num(next_seq), 'TIME', num(now))
+  redis.call('EXPIRE', malloc, ARGV[8])
+  if #fresh > 0 then
+    redis.call('HSET', KEYS[2], unpack(fresh))
+    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  end
+else
+  for i = 1, n do
+    if seqs[i] == nil then seqs[i] = seqs[first_of[ids[i]]] end
+  end
+  if mode == 1 or mode == 3 then
+    -- Everything turned out to be known (another instance got there while
+    -- we reserved): give the lock back; the reserved block becomes a gap.
+    if redis.call('HGET', malloc, 'LOCK') == token then
+      redis.call('HDEL', malloc, 'LOCK')
+      redis.call('EXPIRE', malloc, ARGV[8])
+    end
+  end
+end
+
+-- 3. Message cache (every message, hits included: the earlier delivery may
+--    not have got this far) and the senders' read seqs, max-only.
+local top = {}
+local reply = {0, prev}
+for i = 1, n do
+  local at = base + 4 * (i - 1)
+  local s = num(seqs[i])
+  local key = 'MSG_CACHE:' .. conv .. ':' .. s
+  redis.call('HSET', key, 'value', ARGV[at + 3] .. s .. ARGV[at + 4])
+  redis.call('EXPIRE', key, ARGV[10])
+  local who = tonumber(ARGV[at + 2])
+  if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
+  reply[#reply + 1] = seqs[i]
+  reply[#reply + 1] = hits[i]
+end
+for who, s in pairs(top) do
+  local key = 'SEQ_USER_READ:' .. conv .. ':' .. ARGV[senders_at + who]
+  local cur = tonumber(redis.call('HGET', key, 'value') or '0') or 0
+  if cur < s then
+    redis.call('HSET', key, 'value', num(s))
+    redis.call('EXPIRE', key, ARGV[11])
+  end
+end
+return reply

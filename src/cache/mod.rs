@@ -1,0 +1,257 @@
+//! Everything the service keeps in Redis, written once against
+//! `redis::aio::ConnectionLike`.
+//!
+//! The same code drives real Redis, the embedded model
+//! (`crate::embedded::redis`) and the simulator's Redis over turmoil sockets.
+//!
+//! # Keys (OpenIM's, reference §5, §6, §7.2, plus our dedup table)
+//! - `MALLOC_SEQ:<conv>`: hash `CURR` (last seq handed out), `LAST` (end of
+//!   the block reserved in Mongo), `TIME` (ms of the last allocation), `LOCK`
+//!   (token of a refill in progress; the key then has a 3 s TTL).
+//! - `MSG_CACHE:<conv>:<seq>`: hash field `value` = Go-style JSON, 24 h.
+//! - `SEQ_USER_READ:<conv>:<user>`: hash field `value` = decimal, 30 d.
+//! - `{MALLOC_SEQ:<conv>}:DEDUP:<epoch>`: hash `clientMsgID → seq`. The hash
+//!   tag is the whole `MALLOC_SEQ` key name, so in a Redis Cluster the dedup
+//!   table lives in the same slot as the allocator and one script can touch
+//!   both atomically. Epochs are `now / window`; lookups read the current and
+//!   the previous epoch, so an entry is remembered for at least one window.
+//!
+//! # One round trip per conversation batch
+//! [`assign`] runs `assign.lua`, which in one atomic step looks every message
+//! up in the dedup table, allocates seqs for the new ones, records them,
+//! writes every message to `MSG_CACHE` and raises the senders' read seqs.
+//! Only when the cached block is exhausted (or missing) does it take
+//! OpenIM's `LOCK`, return, and let us reserve a new block in Mongo
+//! (`$inc max_seq`) before calling it again to install the block and finish.
+//! Every seq handed out comes from a Mongo reservation, so seqs stay unique
+//! across Redis restarts; the unused rest of a block is a gap, as in OpenIM.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use crate::domain::conversation::block_size;
+use crate::ports::{Clock, DocStore, Rng, StoreError};
+
+/// Tunables of the Redis side. Defaults are OpenIM's TTLs and our dedup
+/// window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long a `clientMsgID` keeps its seq for redeliveries (≥ this, < 2×).
+    pub dedup_window_ms: i64,
+    /// TTL of `MALLOC_SEQ:*` after an allocation (OpenIM: 365 days).
+    pub malloc_ttl_s: i64,
+    /// TTL of `MALLOC_SEQ:*` while a refill holds the lock (OpenIM: 3 s).
+    pub lock_ttl_ms: i64,
+    /// TTL of `MSG_CACHE:*` (OpenIM: 24 h).
+    pub msg_cache_ttl_s: i64,
+    /// TTL of `SEQ_USER_READ:*` (OpenIM: 30 days).
+    pub read_seq_ttl_s: i64,
+    /// First wait when another refill holds the lock.
+    pub lock_wait_initial: Duration,
+    /// Longest wait between lock checks.
+    pub lock_wait_max: Duration,
+    /// Lock checks before giving up with [`CacheError::LockTimeout`]
+    /// (the caller retries the whole batch later).
+    pub lock_wait_attempts: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            dedup_window_ms: 24 * 3600 * 1000,
+            malloc_ttl_s: 365 * 24 * 3600,
+            lock_ttl_ms: 3000,
+            msg_cache_ttl_s: 24 * 3600,
+            read_seq_ttl_s: 30 * 24 * 3600,
+            lock_wait_initial: Duration::from_millis(5),
+            lock_wait_max: Duration::from_millis(250),
+            lock_wait_attempts: 40,
+        }
+    }
+}
+
+/// Why [`assign`] failed. All variants are transient: the caller retries the
+/// batch, and because the script is idempotent under dedup, a retry after an
+/// unknown outcome gets the same seqs back.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis failed or the answer was lost.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The Mongo block reservation failed.
+    #[error("seq reservation: {0}")]
+    Store(#[from] StoreError),
+    /// Another refill held the lock for too long.
+    #[error("MALLOC_SEQ lock of {0} held too long")]
+    LockTimeout(String),
+    /// The script answered something it never answers.
+    #[error("unexpected reply from assign script: {0:?}")]
+    Protocol(Vec<i64>),
+}
+
+/// One message of a batch, as the script needs it.
+#[derive(Clone, Debug)]
+pub struct AssignItem<'a> {
+    /// Dedup identity within the conversation; empty disables dedup.
+    pub client_msg_id: &'a str,
+    /// Whose read seq this message raises (chat conversations only).
+    pub sender: Option<&'a str>,
+    /// Cache JSON before the seq.
+    pub json_prefix: &'a str,
+    /// Cache JSON after the seq.
+    pub json_suffix: &'a str,
+}
+
+/// The outcome of [`assign`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// `CURR` before this allocation (0 when nothing new was allocated).
+    pub prev: i64,
+    /// The seq of each message, in input order.
+    pub seqs: Vec<i64>,
+    /// Whether each message's seq was already known (a redelivery or a copy
+    /// earlier in the batch) rather than freshly allocated.
+    pub hits: Vec<bool>,
+}
+
+static ASSIGN_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("assign.lua")));
+
+/// `MALLOC_SEQ:<conv>`.
+pub fn malloc_key(conversation_id: &str) -> String {
+    format!("MALLOC_SEQ:{conversation_id}")
+}
+
+/// `MSG_CACHE:<conv>:<seq>`.
+pub fn msg_cache_key(conversation_id: &str, seq: i64) -> String {
+    format!("MSG_CACHE:{conversation_id}:{seq}")
+}
+
+/// `SEQ_USER_READ:<conv>:<user>`.
+pub fn read_seq_key(conversation_id: &str, user_id: &str) -> String {
+    format!("SEQ_USER_READ:{conversation_id}:{user_id}")
+}
+
+/// The dedup hash of `conversation_id` for `epoch`.
+pub fn dedup_key(conversation_id: &str, epoch: i64) -> String {
+    format!("{{MALLOC_SEQ:{conversation_id}}}:DEDUP:{epoch}")
+}
+
+/// Refill state carried between the two script calls.
+#[derive(Clone, Copy, Debug)]
+struct Refill {
+    mode: i64,
+    base: i64,
+    block: i64,
+}
+
+/// Assigns seqs to one batch of one conversation, caches the messages and
+/// raises the senders' read seqs (see the module docs).
+pub async fn assign<C: ConnectionLike + Send>(
+    conn: &mut C,
+    store: &dyn DocStore,
+    clock: &dyn Clock,
+    rng: &dyn Rng,
+    cfg: &CacheConfig,
+    conversation_id: &str,
+    items: &[AssignItem<'_>],
+) -> Result<Assignment, CacheError> {
+    if items.is_empty() {
+        return Ok(Assignment {
+            prev: 0,
+            seqs: Vec::new(),
+            hits: Vec::new(),
+        });
+    }
+    let mut senders: Vec<&str> = Vec::new();
+    let sender_index: Vec<usize> = items
+        .iter()
+        .map(|it| match it.sender {
+            None => 0,
+            Some(s) => match senders.iter().position(|x| *x == s) {
+                Some(p) => p + 1,
+                None => {
+                    senders.push(s);
+                    senders.len()
+                }
+            },
+        })
+        .collect();
+    let token = rng.token();
+    let mut refill: Option<Refill> = None;
+    let mut lock_waits = 0u32;
+    let mut wait = cfg.lock_wait_initial;
+    loop {
+        let now = clock.now_ms();
+        let epoch = now / cfg.dedup_window_ms.max(1);
+        let mut inv = ASSIGN_SCRIPT.prepare_invoke();
+        inv.key(malloc_key(conversation_id))
+            .key(dedup_key(conversation_id, epoch))
+            .key(dedup_key(conversation_id, epoch - 1))
+            .arg(conversation_id)
+            .arg(now)
+            .arg(&token);
+        match refill {
+            Some(r) => inv.arg(r.mode).arg(r.base).arg(r.block),
+            None => inv.arg(0).arg(0).arg(0),
+        };
+        inv.arg(cfg.dedup_window_ms * 2)
+            .arg(cfg.malloc_ttl_s)
+            .arg(cfg.lock_ttl_ms)
+            .arg(cfg.msg_cache_ttl_s)
+            .arg(cfg.read_seq_ttl_s)
+            .arg(items.len());
+        for (it, who) in items.iter().zip(&sender_index) {
+            inv.arg(it.client_msg_id)
+                .arg(*who)
+                .arg(it.json_prefix)
+                .arg(it.json_suffix);
+        }
+        for s in &senders {
+            inv.arg(*s);
+        }
+        let reply: Vec<i64> = inv.invoke_async(conn).await?;
+        match reply.first().copied() {
+            Some(0) if reply.len() == 2 + 2 * items.len() => {
+                let mut seqs = Vec::with_capacity(items.len());
+                let mut hits = Vec::with_capacity(items.len());
+                for pair in reply[2..].chunks_exact(2) {
+                    seqs.push(pair[0]);
+                    hits.push(pair[1] == 1);
+                }
+                return Ok(Assignment {
+                    prev: reply[1],
+                    seqs,
+                    hits,
+                });
+            }
+            Some(mode @ (1 | 3)) if reply.len() == 2 => {
+                let need = reply[1];
+                let block = block_size(conversation_id, need);
+                let base = store.reserve_seqs(conversation_id, block).await?;
+                refill = Some(Refill { mode, base, block });
+            }
+            Some(2) => {
+                lock_waits += 1;
+                if lock_waits > cfg.lock_wait_attempts {
+                    return Err(CacheError::LockTimeout(conversation_id.to_string()));
+                }
+                clock.sleep(wait).await;
+                wait = (wait * 2).min(cfg.lock_wait_max);
+                refill = None;
+            }
+            Some(4) => {
+                // Our lock expired and someone else refilled: the block we
+                // reserved is abandoned (a gap) and we start over.
+                lock_waits += 1;
+                if lock_waits > cfg.lock_wait_attempts {
+                    return Err(CacheError::LockTimeout(conversation_id.to_string()));
+                }
+                refill = None;
+            }
+            _ => return Err(CacheError::Protocol(reply)),
+        }
+    }
+}

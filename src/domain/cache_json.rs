@@ -1,0 +1,279 @@
+//! The JSON OpenIM keeps in `MSG_CACHE:<conv>:<seq>` (reference §6).
+//!
+//! The document is Go's `encoding/json` rendering of `MsgInfoModel`, with Go
+//! field names, Go's escaping (HTML characters, U+2028/9, `\ufffd` for each
+//! invalid UTF-8 byte of `content`) and sorted option keys, so the Go msg RPC
+//! reads our entries as its own. The encoder can stop at the seq and hand back
+//! the text before and after it: the allocator, which learns the seq inside
+//! Redis, then writes `prefix .. seq .. suffix` without a second round trip.
+
+use std::fmt::Write as _;
+
+use crate::proto::MsgData;
+
+/// Appends `s` as a JSON string the way Go's encoder does.
+fn push_go_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        push_go_char(out, c);
+    }
+    out.push('"');
+}
+
+fn push_go_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{8}' => out.push_str("\\b"),
+        '\u{c}' => out.push_str("\\f"),
+        '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c if (c as u32) < 0x20 => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// Appends raw bytes as a JSON string the way Go renders `string(bytes)`:
+/// valid UTF-8 sequences as text, every byte that does not start a valid
+/// sequence as the escape `\ufffd`.
+fn push_go_bytes(out: &mut String, bytes: &[u8]) {
+    out.push('"');
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                for c in valid.chars() {
+                    push_go_char(out, c);
+                }
+                break;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                // `good` is valid by construction of valid_up_to.
+                for c in std::str::from_utf8(good).unwrap_or_default().chars() {
+                    push_go_char(out, c);
+                }
+                // Go replaces one byte at a time, even inside a truncated
+                // multi-byte sequence.
+                out.push_str("\\ufffd");
+                rest = &bad[1..];
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Content bytes as Go would turn them into a string for BSON/JSON: invalid
+/// UTF-8 bytes each become U+FFFD.
+pub fn go_lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len() + 8);
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                match std::str::from_utf8(rest) {
+                    Ok(valid) => {
+                        out.push_str(valid);
+                        break;
+                    }
+                    Err(e) => {
+                        let (good, bad) = rest.split_at(e.valid_up_to());
+                        out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                        out.push('\u{fffd}');
+                        rest = &bad[1..];
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The cache document of `msg` split around its seq: the full document is
+/// `prefix + seq.to_string() + suffix`.
+pub fn encode_split(msg: &MsgData) -> (String, String) {
+    let mut p = String::with_capacity(384 + msg.content.len());
+    p.push_str("{\"Msg\":{\"SendID\":");
+    push_go_str(&mut p, &msg.send_id);
+    p.push_str(",\"RecvID\":");
+    push_go_str(&mut p, &msg.recv_id);
+    p.push_str(",\"GroupID\":");
+    push_go_str(&mut p, &msg.group_id);
+    p.push_str(",\"ClientMsgID\":");
+    push_go_str(&mut p, &msg.client_msg_id);
+    p.push_str(",\"ServerMsgID\":");
+    push_go_str(&mut p, &msg.server_msg_id);
+    let _ = write!(p, ",\"SenderPlatformID\":{}", msg.sender_platform_id);
+    p.push_str(",\"SenderNickname\":");
+    push_go_str(&mut p, &msg.sender_nickname);
+    p.push_str(",\"SenderFaceURL\":");
+    push_go_str(&mut p, &msg.sender_face_url);
+    let _ = write!(
+        p,
+        ",\"SessionType\":{},\"MsgFrom\":{},\"ContentType\":{},\"Content\":",
+        msg.session_type, msg.msg_from, msg.content_type
+    );
+    push_go_bytes(&mut p, &msg.content);
+    p.push_str(",\"Seq\":");
+
+    let mut s = String::with_capacity(192);
+    let _ = write!(
+        s,
+        ",\"SendTime\":{},\"CreateTime\":{},\"Status\":{},\"IsRead\":false,\"Options\":",
+        msg.send_time, msg.create_time, msg.status
+    );
+    if msg.options.is_empty() {
+        s.push_str("null");
+    } else {
+        s.push('{');
+        for (i, (k, v)) in msg.options.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            push_go_str(&mut s, k);
+            s.push(':');
+            s.push_str(if *v { "true" } else { "false" });
+        }
+        s.push('}');
+    }
+    s.push_str(",\"OfflinePush\":");
+    match &msg.offline_push_info {
+        None => s.push_str("null"),
+        Some(o) => {
+            s.push_str("{\"Title\":");
+            push_go_str(&mut s, &o.title);
+            s.push_str(",\"Desc\":");
+            push_go_str(&mut s, &o.desc);
+            s.push_str(",\"Ex\":");
+            push_go_str(&mut s, &o.ex);
+            s.push_str(",\"IOSPushSound\":");
+            push_go_str(&mut s, &o.i_os_push_sound);
+            let _ = write!(s, ",\"IOSBadgeCount\":{}}}", o.i_os_badge_count);
+        }
+    }
+    s.push_str(",\"AtUserIDList\":");
+    if msg.at_user_id_list.is_empty() {
+        s.push_str("null");
+    } else {
+        s.push('[');
+        for (i, u) in msg.at_user_id_list.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            push_go_str(&mut s, u);
+        }
+        s.push(']');
+    }
+    s.push_str(",\"AttachedInfo\":");
+    push_go_str(&mut s, &msg.attached_info);
+    s.push_str(",\"Ex\":");
+    push_go_str(&mut s, &msg.ex);
+    s.push_str("},\"Revoke\":null,\"DelList\":null,\"IsRead\":false}");
+    (p, s)
+}
+
+/// The full cache document of `msg`, using `msg.seq`.
+pub fn encode(msg: &MsgData) -> String {
+    let (mut p, s) = encode_split(msg);
+    let _ = write!(p, "{}", msg.seq);
+    p.push_str(&s);
+    p
+}
+
+/// The fields of a cache entry the checker compares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedIdentity {
+    /// `Msg.ClientMsgID`.
+    pub client_msg_id: String,
+    /// `Msg.Seq`.
+    pub seq: i64,
+}
+
+/// Reads the identity fields back out of a cache document.
+pub fn decode_identity(json: &[u8]) -> Option<CachedIdentity> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let m = v.get("Msg")?;
+    Some(CachedIdentity {
+        client_msg_id: m.get("ClientMsgID")?.as_str()?.to_string(),
+        seq: m.get("Seq")?.as_i64()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::OfflinePushInfo;
+
+    #[test]
+    fn document_matches_go_encoding() {
+        let mut m = MsgData {
+            send_id: "u1".into(),
+            recv_id: "u2".into(),
+            client_msg_id: "c1".into(),
+            session_type: 1,
+            msg_from: 100,
+            content_type: 101,
+            content: b"<a&b>\"\n\x08\x01\xe2\x80\xa8".to_vec(),
+            seq: 7,
+            send_time: 11,
+            create_time: 10,
+            status: 1,
+            ..Default::default()
+        };
+        m.options.insert("z".into(), true);
+        m.options.insert("a".into(), false);
+        m.offline_push_info = Some(OfflinePushInfo {
+            title: "t".into(),
+            i_os_badge_count: true,
+            ..Default::default()
+        });
+        m.at_user_id_list = vec!["u3".into()];
+        let expected = concat!(
+            r#"{"Msg":{"SendID":"u1","RecvID":"u2","GroupID":"","ClientMsgID":"c1","ServerMsgID":"","#,
+            r#""SenderPlatformID":0,"SenderNickname":"","SenderFaceURL":"","SessionType":1,"MsgFrom":100,"#,
+            r#""ContentType":101,"Content":"\u003ca\u0026b\u003e\"\n\b\u0001\u2028","Seq":7,"SendTime":11,"#,
+            r#""CreateTime":10,"Status":1,"IsRead":false,"Options":{"a":false,"z":true},"#,
+            r#""OfflinePush":{"Title":"t","Desc":"","Ex":"","IOSPushSound":"","IOSBadgeCount":true},"#,
+            r#""AtUserIDList":["u3"],"AttachedInfo":"","Ex":""},"Revoke":null,"DelList":null,"IsRead":false}"#
+        );
+        assert_eq!(encode(&m), expected);
+        let id = decode_identity(expected.as_bytes()).unwrap();
+        assert_eq!(id.client_msg_id, "c1");
+        assert_eq!(id.seq, 7);
+    }
+
+    #[test]
+    fn nil_collections_render_as_null() {
+        let json = encode(&MsgData::default());
+        assert!(json.contains(r#""Options":null,"OfflinePush":null,"AtUserIDList":null"#));
+        serde_json::from_str::<serde_json::Value>(&json).unwrap();
+    }
+
+    #[test]
+    fn invalid_utf8_bytes_each_become_a_replacement() {
+        let mut out = String::new();
+        // A truncated 3-byte sequence is two invalid bytes for Go.
+        push_go_bytes(&mut out, b"a\xe4\xb8b\xff");
+        assert_eq!(out, r#""a\ufffd\ufffdb\ufffd""#);
+        assert_eq!(go_lossy_string(b"a\xe4\xb8b"), "a\u{fffd}\u{fffd}b");
+        assert_eq!(go_lossy_string("é中".as_bytes()), "é中");
+    }
+
+    #[test]
+    fn split_halves_join_to_the_full_document() {
+        let m = MsgData {
+            client_msg_id: "x".into(),
+            seq: 123,
+            ..Default::default()
+        };
+        let (p, s) = encode_split(&m);
+        assert_eq!(format!("{p}123{s}"), encode(&m));
+    }
+}

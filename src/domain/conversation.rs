@@ -1,0 +1,125 @@
+//! Conversation IDs and Kafka keys (reference §2.2 and §4.3).
+//!
+//! A message belongs to its *chat* conversation (`si_`, `g_`, `sg_`, `sn_`)
+//! or, when it is a notification, to its *notification* conversation (`n_`).
+//! The Kafka key is a different thing (the bare group ID or the sorted user
+//! pair) and is never used to decide the conversation: OpenIM's habit of
+//! taking the conversation of a whole key-batch from its first message files
+//! messages in the wrong conversation when keys collide.
+
+use super::session;
+use crate::proto::MsgData;
+
+/// The two user IDs in byte order, joined with `_`.
+fn sorted_pair(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}_{b}")
+    } else {
+        format!("{b}_{a}")
+    }
+}
+
+/// The Kafka record key the msg RPC uses for `msg` (and we reuse for the
+/// records we produce): the group ID for group chats, the sorted user pair
+/// otherwise. `None` for unknown session types.
+pub fn kafka_key(msg: &MsgData) -> Option<String> {
+    match msg.session_type {
+        session::WRITE_GROUP | session::READ_GROUP => Some(msg.group_id.clone()),
+        session::SINGLE | session::NOTIFICATION => Some(sorted_pair(&msg.send_id, &msg.recv_id)),
+        _ => None,
+    }
+}
+
+/// The chat conversation of `msg`, or `None` for an unknown session type.
+pub fn chat_conversation_id(msg: &MsgData) -> Option<String> {
+    match msg.session_type {
+        session::SINGLE => Some(format!("si_{}", sorted_pair(&msg.send_id, &msg.recv_id))),
+        session::WRITE_GROUP => Some(format!("g_{}", msg.group_id)),
+        session::READ_GROUP => Some(format!("sg_{}", msg.group_id)),
+        session::NOTIFICATION => Some(format!("sn_{}", sorted_pair(&msg.send_id, &msg.recv_id))),
+        _ => None,
+    }
+}
+
+/// The notification conversation of `msg`, or `None` for an unknown session
+/// type.
+pub fn notification_conversation_id(msg: &MsgData) -> Option<String> {
+    match msg.session_type {
+        session::SINGLE | session::NOTIFICATION => {
+            Some(format!("n_{}", sorted_pair(&msg.send_id, &msg.recv_id)))
+        }
+        session::WRITE_GROUP | session::READ_GROUP => Some(format!("n_{}", msg.group_id)),
+        _ => None,
+    }
+}
+
+/// Whether a conversation is a group conversation, which decides the size
+/// of the seq block reserved in Mongo (+100 for groups, +50 otherwise).
+pub fn is_group(conversation_id: &str) -> bool {
+    conversation_id.starts_with("g_") || conversation_id.starts_with("sg_")
+}
+
+/// Seqs reserved in Mongo when the cached block of `conversation_id` cannot
+/// hold `size` more messages (reference §5.1).
+pub fn block_size(conversation_id: &str, size: i64) -> i64 {
+    if size == 0 {
+        0
+    } else if is_group(conversation_id) {
+        size + 100
+    } else {
+        size + 50
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(session_type: i32, send: &str, recv: &str, group: &str) -> MsgData {
+        MsgData {
+            session_type,
+            send_id: send.into(),
+            recv_id: recv.into(),
+            group_id: group.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn single_chat_ids_sort_the_pair() {
+        let m = msg(session::SINGLE, "u200", "u100", "");
+        assert_eq!(chat_conversation_id(&m).unwrap(), "si_u100_u200");
+        assert_eq!(notification_conversation_id(&m).unwrap(), "n_u100_u200");
+        assert_eq!(kafka_key(&m).unwrap(), "u100_u200");
+    }
+
+    #[test]
+    fn group_and_notification_chat_ids() {
+        let g = msg(session::READ_GROUP, "u1", "", "g42");
+        assert_eq!(chat_conversation_id(&g).unwrap(), "sg_g42");
+        assert_eq!(notification_conversation_id(&g).unwrap(), "n_g42");
+        assert_eq!(kafka_key(&g).unwrap(), "g42");
+        let w = msg(session::WRITE_GROUP, "u1", "", "g7");
+        assert_eq!(chat_conversation_id(&w).unwrap(), "g_g7");
+        let n = msg(session::NOTIFICATION, "imAdmin", "u200", "");
+        assert_eq!(chat_conversation_id(&n).unwrap(), "sn_imAdmin_u200");
+        assert_eq!(notification_conversation_id(&n).unwrap(), "n_imAdmin_u200");
+    }
+
+    #[test]
+    fn unknown_session_type_has_no_conversation() {
+        let m = msg(9, "a", "b", "");
+        assert!(chat_conversation_id(&m).is_none());
+        assert!(notification_conversation_id(&m).is_none());
+        assert!(kafka_key(&m).is_none());
+    }
+
+    #[test]
+    fn block_sizes_follow_openim() {
+        assert_eq!(block_size("sg_g1", 3), 103);
+        assert_eq!(block_size("g_g1", 1), 101);
+        assert_eq!(block_size("si_a_b", 3), 53);
+        assert_eq!(block_size("n_a_b", 1), 51);
+        assert_eq!(block_size("sg_g1", 0), 0);
+    }
+}

@@ -1,0 +1,124 @@
+//! Time, injected.
+//!
+//! The core never reads the wall clock or sleeps on its own: it asks a
+//! [`Clock`]. Production wires [`SystemClock`]; the simulator wires a clock
+//! driven by simulated time; tests wire [`ManualClock`]. Keeping time behind
+//! this seam is what makes a run replayable from its seed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// A boxed future returned by [`Clock::sleep`].
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A source of wall-clock time and of delays.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch. Written into OpenIM's `TIME` field
+    /// and used for expiry windows; never assumed to be monotonic across
+    /// processes.
+    fn now_ms(&self) -> i64;
+
+    /// Microseconds since an arbitrary origin that only moves forward within
+    /// one process. Used for latency figures, never stored.
+    fn monotonic_us(&self) -> u64;
+
+    /// Completes after `d` has passed on this clock.
+    fn sleep(&self, d: Duration) -> Sleep;
+}
+
+/// Shared handle to a clock.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The real clock: `SystemTime` for wall time, tokio for delays.
+///
+/// This is the only place in the library allowed to read the wall clock.
+#[derive(Debug)]
+pub struct SystemClock {
+    origin: tokio::time::Instant,
+}
+
+impl SystemClock {
+    /// A clock whose monotonic origin is "now".
+    #[allow(clippy::disallowed_methods)] // the one sanctioned reader of real time
+    pub fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one sanctioned reader of real time
+    fn now_ms(&self) -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    #[allow(clippy::disallowed_methods)] // the one sanctioned reader of real time
+    fn monotonic_us(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    #[allow(clippy::disallowed_methods)] // the clock is where sleeping is implemented
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// A clock that only moves when told to. `sleep` advances it by the
+/// requested amount and yields once, so code that backs off still makes
+/// progress in tests without real waiting.
+#[derive(Debug)]
+pub struct ManualClock {
+    now_ms: AtomicI64,
+    mono_us: AtomicI64,
+}
+
+impl ManualClock {
+    /// A manual clock showing `start_ms` milliseconds since the epoch.
+    pub fn new(start_ms: i64) -> Self {
+        Self {
+            now_ms: AtomicI64::new(start_ms),
+            mono_us: AtomicI64::new(0),
+        }
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        self.now_ms.fetch_add(ms, Ordering::SeqCst);
+        self.mono_us.fetch_add(us, Ordering::SeqCst);
+    }
+
+    /// Sets the wall time to `ms`.
+    pub fn set_ms(&self, ms: i64) {
+        self.now_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.now_ms.load(Ordering::SeqCst)
+    }
+
+    fn monotonic_us(&self) -> u64 {
+        u64::try_from(self.mono_us.load(Ordering::SeqCst)).unwrap_or(0)
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep {
+        self.advance(d);
+        Box::pin(tokio::task::yield_now())
+    }
+}

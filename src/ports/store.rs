@@ -1,0 +1,61 @@
+//! The document store (MongoDB), reduced to the operations we use.
+//!
+//! Each method is one Mongo operation (or one with a fallback) on OpenIM's
+//! collections (reference §5.1, §7.2, §8):
+//! - `seq`: `{conversation_id, max_seq, min_seq}`, unique on
+//!   `conversation_id`; `reserve_seqs` is `findOneAndUpdate` with `$inc`,
+//!   upsert;
+//! - `msg`: buckets `{doc_id, msgs: [100 × {msg, revoke, del_list, is_read}]}`,
+//!   unique on `doc_id`; `write_bucket` sets `msgs.N.msg` of existing slots
+//!   and creates a missing bucket whole, so a redelivered write is harmless;
+//! - `seq_user`: `{user_id, conversation_id, read_seq, …}`, unique on the
+//!   pair; `raise_read_seq` is `$max` with upsert, atomic and never backwards.
+
+use super::BoxFuture;
+use crate::domain::model::MsgDataModel;
+
+/// Store failures.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached, or the answer was lost. The write may
+    /// or may not have happened.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused the operation.
+    #[error("store refused operation: {0}")]
+    Refused(String),
+}
+
+/// One slot write: the slot index (0..100) and the message for it.
+pub type SlotWrite = (usize, MsgDataModel);
+
+/// The Mongo operations of the service.
+pub trait DocStore: Send + Sync + 'static {
+    /// Creates the collections' indexes (idempotent).
+    fn ensure_indexes(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Adds `block` to the `max_seq` of `conversation_id` (creating the
+    /// document at 0 if missing) and returns the value before the addition.
+    fn reserve_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        block: i64,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
+
+    /// Writes `slots` into the bucket `doc_id`: `msgs.N.msg` of an existing
+    /// bucket is overwritten (its other slot fields kept); a missing bucket is
+    /// created with all 100 slots, empty except these.
+    fn write_bucket(
+        &self,
+        doc_id: String,
+        slots: Vec<SlotWrite>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Raises `read_seq` of `(user_id, conversation_id)` to at least `seq`.
+    fn raise_read_seq<'a>(
+        &'a self,
+        user_id: &'a str,
+        conversation_id: &'a str,
+        seq: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
