@@ -25,5 +25,10 @@ step "tests (unit, vectors, properties, pipeline)"
 cargo test --locked --all-targets
 
 
+step "demo smoke run (release build, embedded backends, with duplicates and crashes)"
+cargo build --release --locked
+./target/release/msgtransfer demo --messages 60000 --conversations 600 \
+  --duplicate-rate 0.05 --crash-every 7000 --seed 11 --json --no-progress
+
 echo
 echo "ci/test.sh: all suites passed in $(( $(date +%s) - start ))s"

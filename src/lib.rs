@@ -29,6 +29,12 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod check;
+pub mod demo;
 pub mod domain;
+pub mod embedded;
+pub mod metrics;
+pub mod pipeline;
 pub mod ports;
 pub mod proto;
+pub mod service;

@@ -1,5 +1,113 @@
 //! The `msgtransfer` binary: a thin command-line shell over the library.
 
-fn main() {
-    println!("msgtransfer");
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use msgtransfer::demo::{self, DemoArgs};
+
+#[derive(Parser)]
+#[command(name = "msgtransfer", version, about = "OpenIM MsgTransfer in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on embedded backends with generated OpenIM
+    /// traffic, then audit the result (no setup needed).
+    Demo {
+        /// Distinct messages to send.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Conversations to spread them over.
+        #[arg(long, default_value_t = 2000)]
+        conversations: u64,
+        /// Seed of the workload and the service's randomness.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fraction of records produced twice, as a retrying producer does.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_rate: f64,
+        /// Kill the service (uncommitted work and all) every N input records
+        /// and restart it; 0 never.
+        #[arg(long, default_value_t = 0)]
+        crash_every: u64,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Uncommitted input records the producer allows before waiting.
+        #[arg(long, default_value_t = 50_000)]
+        window: u64,
+        /// Print one JSON line with the figures at the end.
+        #[arg(long)]
+        json: bool,
+        /// Do not print progress while running.
+        #[arg(long)]
+        no_progress: bool,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MSGTRANSFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match cli.command {
+        Command::Demo {
+            messages,
+            conversations,
+            seed,
+            duplicate_rate,
+            crash_every,
+            partitions,
+            window,
+            json,
+            no_progress,
+        } => {
+            if !(0.0..=1.0).contains(&duplicate_rate) {
+                eprintln!("error: --duplicate-rate must be between 0 and 1, got {duplicate_rate}");
+                return ExitCode::from(2);
+            }
+            if partitions < 1 || conversations < 1 {
+                eprintln!("error: --partitions and --conversations must be at least 1");
+                return ExitCode::from(2);
+            }
+            let args = DemoArgs {
+                messages,
+                conversations,
+                seed,
+                duplicate_rate,
+                crash_every,
+                json,
+                progress: !no_progress,
+                partitions,
+                window,
+            };
+            match demo::run(&args) {
+                Ok(outcome) => {
+                    println!("{}", demo::summary(&args, &outcome));
+                    if json {
+                        println!("{}", demo::json_line(&args, &outcome));
+                    }
+                    if outcome.clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -17,10 +17,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::BoxFuture;
 use crate::domain::context::Header;
 
-/// One record read from the log.
+/// One record read from the log. Cheap to clone: the payloads are shared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Topic it was read from.
@@ -30,11 +32,11 @@ pub struct Record {
     /// Its offset in that partition.
     pub offset: i64,
     /// Record key (may be empty).
-    pub key: Vec<u8>,
+    pub key: Bytes,
     /// Record value.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Headers in order.
-    pub headers: Vec<Header>,
+    pub headers: Arc<[Header]>,
     /// Producer timestamp, ms since the epoch.
     pub timestamp_ms: i64,
 }
@@ -45,9 +47,9 @@ pub struct OutRecord {
     /// Destination topic.
     pub topic: Arc<str>,
     /// Key; decides the partition.
-    pub key: Vec<u8>,
+    pub key: Bytes,
     /// Value.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Headers in order.
     pub headers: Vec<Header>,
 }

@@ -1,0 +1,163 @@
+//! The checker must catch each anomaly kind, and only that kind.
+
+use super::*;
+
+fn input(conv: &str, id: &str, stored: bool) -> Input {
+    Input {
+        conversation_id: conv.into(),
+        client_msg_id: id.into(),
+        stored,
+    }
+}
+
+fn seen(conv: &str, id: &str, seq: i64) -> Seen {
+    Seen {
+        conversation_id: conv.into(),
+        client_msg_id: id.into(),
+        seq,
+    }
+}
+
+/// Two stored messages and one pushed-only message, handled perfectly.
+fn clean() -> History {
+    let msgs = [seen("c", "a", 1), seen("c", "b", 2)];
+    History {
+        inputs: vec![
+            input("c", "a", true),
+            input("c", "t", false),
+            input("c", "b", true),
+        ],
+        pushes: vec![vec![msgs[0].clone(), seen("c", "t", 0), msgs[1].clone()]],
+        persistence_records: vec![msgs.to_vec()],
+        persisted: msgs.to_vec(),
+        cached: msgs.to_vec(),
+        read_seqs: vec![("u".into(), "c".into(), 2, "mongo")],
+        max_seqs: [("c".to_string(), 2)].into_iter().collect(),
+    }
+}
+
+#[test]
+fn a_clean_history_has_no_anomalies() {
+    let r = check(&clean());
+    assert_eq!(r.anomalies(), 0, "{:?}", r.examples);
+    assert_eq!(
+        (r.messages, r.stored, r.persisted, r.pushed, r.cached),
+        (3, 2, 2, 3, 2)
+    );
+}
+
+#[test]
+fn redeliveries_with_the_same_seq_are_fine() {
+    let mut h = clean();
+    h.inputs.push(input("c", "a", true));
+    h.pushes[0].push(seen("c", "a", 1));
+    h.pushes[0].push(seen("c", "b", 2));
+    h.persistence_records[0].push(seen("c", "a", 1));
+    assert_eq!(check(&h).anomalies(), 0);
+}
+
+#[test]
+fn catches_two_messages_at_one_seq() {
+    let mut h = clean();
+    h.cached[1] = seen("c", "b", 1);
+    let r = check(&h);
+    assert!(r.seq_conflicts >= 1);
+    assert!(r.duplicates >= 1, "b is also seen at two seqs");
+}
+
+#[test]
+fn catches_a_message_at_two_seqs() {
+    let mut h = clean();
+    h.pushes[0].push(seen("c", "b", 3));
+    let r = check(&h);
+    assert_eq!(r.duplicates, 1);
+    assert_eq!(r.seq_conflicts, 0);
+}
+
+#[test]
+fn catches_seqs_out_of_input_order() {
+    let mut h = clean();
+    for s in [
+        &mut h.persisted,
+        &mut h.cached,
+        &mut h.persistence_records[0],
+    ] {
+        s[0].seq = 2;
+        s[1].seq = 1;
+    }
+    h.pushes[0][0].seq = 2;
+    h.pushes[0][2].seq = 1;
+    let r = check(&h);
+    assert_eq!(r.seq_conflicts, 0);
+    assert!(r.order_violations >= 1, "{r:?}");
+}
+
+#[test]
+fn catches_push_order_going_backwards() {
+    let mut h = clean();
+    h.pushes[0].swap(0, 2);
+    let r = check(&h);
+    assert_eq!(r.order_violations, 1, "{:?}", r.examples);
+}
+
+#[test]
+fn catches_persistence_order_going_backwards() {
+    let mut h = clean();
+    h.persistence_records[0].swap(0, 1);
+    assert_eq!(check(&h).order_violations, 1);
+}
+
+#[test]
+fn catches_a_message_never_persisted() {
+    let mut h = clean();
+    h.persisted.pop();
+    let r = check(&h);
+    assert_eq!(r.lost, 1);
+    assert_eq!(r.persisted, 1);
+}
+
+#[test]
+fn catches_a_message_never_cached() {
+    let mut h = clean();
+    h.cached.remove(0);
+    assert_eq!(check(&h).lost, 1);
+}
+
+#[test]
+fn catches_a_message_never_pushed() {
+    let mut h = clean();
+    h.pushes[0].remove(1);
+    let r = check(&h);
+    assert_eq!(r.lost, 1);
+    assert_eq!(r.pushed, 2);
+    assert_eq!(r.units_pushed, 2);
+}
+
+#[test]
+fn a_message_in_two_conversations_counts_once_and_needs_both_pushes() {
+    let mut h = clean();
+    h.inputs.push(input("n", "a", true));
+    h.persisted.push(seen("n", "a", 1));
+    h.cached.push(seen("n", "a", 1));
+    let r = check(&h);
+    assert_eq!((r.messages, r.units), (3, 4));
+    assert_eq!(r.pushed, 2, "a's copy in n was never pushed");
+    assert_eq!(r.lost, 1);
+    h.pushes[0].push(seen("n", "a", 1));
+    let r = check(&h);
+    assert_eq!((r.pushed, r.lost), (3, 0));
+}
+
+#[test]
+fn catches_a_phantom_message() {
+    let mut h = clean();
+    h.persisted.push(seen("c", "zzz", 9));
+    assert_eq!(check(&h).phantoms, 1);
+}
+
+#[test]
+fn catches_a_read_seq_above_max() {
+    let mut h = clean();
+    h.read_seqs.push(("v".into(), "c".into(), 3, "redis"));
+    assert_eq!(check(&h).read_seq_above_max, 1);
+}

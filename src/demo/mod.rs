@@ -1,0 +1,396 @@
+//! `msgtransfer demo`: the main job on embedded backends, zero setup.
+//!
+//! It generates OpenIM traffic ([`workload`]), produces it into the
+//! embedded `toRedis` topic while the service runs (both consumer loops, on a
+//! two-worker runtime), optionally kills the service — uncommitted work and
+//! all — every N input records and starts a fresh instance, then drains and
+//! audits the end state with the shared checker ([`crate::check`]).
+//!
+//! Figures: throughput is distinct messages over the time from the first
+//! produce to the moment everything is committed through to Mongo (audit
+//! excluded); latency is produce → first Mongo write of each stored message.
+//! The producer keeps at most `window` records uncommitted, as a real
+//! upstream under back-pressure would, so latencies reflect a bounded
+//! backlog rather than a pre-filled topic.
+
+pub mod workload;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::check::{self, Report};
+use crate::embedded::history;
+use crate::embedded::hook::EmbeddedHook;
+use crate::embedded::log::EmbeddedLog;
+use crate::embedded::redis::{EmbeddedRedis, shared_engine};
+use crate::embedded::store::EmbeddedStore;
+use crate::metrics::Metrics;
+use crate::ports::clock::SystemClock;
+use crate::ports::{SeededRng, SharedClock};
+use crate::service::{self, ServiceConfig, Wiring};
+
+/// Options of a demo run.
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    /// Distinct messages.
+    pub messages: u64,
+    /// Conversations.
+    pub conversations: u64,
+    /// Seed of the workload and of the service's randomness.
+    pub seed: u64,
+    /// Fraction of records produced twice.
+    pub duplicate_rate: f64,
+    /// Kill and restart the service every this many input records (0: never).
+    pub crash_every: u64,
+    /// Print one JSON line at the end.
+    pub json: bool,
+    /// Print progress to stderr while running.
+    pub progress: bool,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Uncommitted input records the producer allows.
+    pub window: u64,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        Self {
+            messages: 200_000,
+            conversations: 2000,
+            seed: 1,
+            duplicate_rate: 0.0,
+            crash_every: 0,
+            json: false,
+            progress: true,
+            partitions: 8,
+            window: 50_000,
+        }
+    }
+}
+
+/// What a run measured and found.
+#[derive(Clone, Debug)]
+pub struct DemoOutcome {
+    /// The checker's report.
+    pub report: Report,
+    /// Slots or cache keys whose position disagrees with their seq.
+    pub misplaced: u64,
+    /// Records produced (duplicates included).
+    pub records: u64,
+    /// Producer duplicates among them.
+    pub producer_duplicates: u64,
+    /// Service instances killed and restarted.
+    pub restarts: u64,
+    /// Seconds from first produce to everything committed.
+    pub elapsed_s: f64,
+    /// Distinct messages per second over `elapsed_s`.
+    pub msgs_per_s: f64,
+    /// Median produce → persisted latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile produce → persisted latency, ms.
+    pub p99_ms: f64,
+    /// Final counters.
+    pub metrics: Vec<(&'static str, u64)>,
+    /// Seconds spent generating the workload.
+    pub generate_s: f64,
+    /// Seconds spent auditing.
+    pub audit_s: f64,
+}
+
+impl DemoOutcome {
+    /// Whether the checker found nothing.
+    pub fn clean(&self) -> bool {
+        self.report.anomalies() == 0 && self.misplaced == 0
+    }
+}
+
+/// Runs the demo on a two-worker runtime.
+pub fn run(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args.clone(), Arc::new(SystemClock::new())))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// The demo itself, on whatever runtime and clock the caller provides.
+pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<DemoOutcome> {
+    let cfg = ServiceConfig::default();
+    let topics = cfg.transfer.topics.clone();
+    let t0 = clock.monotonic_us();
+    let work = workload::generate(&workload::WorkloadSpec {
+        messages: args.messages,
+        conversations: args.conversations,
+        seed: args.seed,
+        duplicate_rate: args.duplicate_rate,
+        topic: topics.to_redis.clone(),
+        start_ms: clock.now_ms(),
+    });
+    let generate_s = (clock.monotonic_us() - t0) as f64 / 1e6;
+    if args.progress {
+        eprintln!(
+            "demo: generated {} records ({} producer duplicates) in {:.1}s",
+            work.records.len(),
+            work.duplicates,
+            generate_s
+        );
+    }
+
+    let n = args.messages as usize;
+    let produced_us: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let persisted_us: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let log = EmbeddedLog::new(args.partitions, 1_000_000, clock.clone());
+    let engine = shared_engine(args.seed);
+    let store = {
+        let persisted_us = persisted_us.clone();
+        let clock = clock.clone();
+        EmbeddedStore::new().with_observer(Box::new(move |_doc, m| {
+            if let Some(i) = workload::message_number(&m.client_msg_id) {
+                if let Some(slot) = persisted_us.get(i as usize) {
+                    let _ = slot.compare_exchange(
+                        0,
+                        clock.monotonic_us().max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+        }))
+    };
+    let hook = EmbeddedHook::default();
+    let metrics = Arc::new(Metrics::default());
+
+    // The upstream: the msg RPC producing into toRedis under back-pressure.
+    let produced_all = Arc::new(AtomicBool::new(false));
+    let start_us = clock.monotonic_us();
+    let producer = {
+        let log = log.clone();
+        let clock = clock.clone();
+        let produced_us = produced_us.clone();
+        let produced_all = produced_all.clone();
+        let group = cfg.groups.to_redis.clone();
+        let topic = topics.to_redis.clone();
+        let window = args.window.max(1);
+        tokio::spawn(async move {
+            for (i, rec) in work.records.into_iter().enumerate() {
+                if i % 256 == 0 {
+                    while log.lag(&group, &topic) > window {
+                        clock.sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                let idx = work.index[i] as usize;
+                let now = clock.monotonic_us().max(1);
+                let _ =
+                    produced_us[idx].compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                log.append(rec)
+                    .map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
+            }
+            produced_all.store(true, Ordering::SeqCst);
+            anyhow::Ok(())
+        })
+    };
+
+    let total_records = args.messages + work.duplicates;
+    let mut restarts = 0u64;
+    let mut last_progress = clock.monotonic_us();
+    let end_us;
+    'service: loop {
+        let (tx, rx) = watch::channel(false);
+        let wiring = Wiring {
+            redis: EmbeddedRedis::new(engine.clone(), clock.clone()),
+            store: Arc::new(store.clone()),
+            producer: Arc::new(log.producer()),
+            hook: Arc::new(hook.clone()),
+            clock: clock.clone(),
+            rng: Arc::new(SeededRng::new(args.seed.wrapping_add(restarts))),
+            metrics: metrics.clone(),
+        };
+        let transfer_in = Box::new(log.consumer(&cfg.groups.to_redis, &topics.to_redis));
+        let persist_in = Box::new(log.consumer(&cfg.groups.to_mongo, &topics.to_mongo));
+        let instance_cfg = cfg.clone();
+        let mut handle = tokio::spawn(async move {
+            service::run(wiring, transfer_in, persist_in, &instance_cfg, rx).await
+        });
+        let base = Metrics::get(&metrics.records_in);
+        loop {
+            tokio::select! {
+                res = &mut handle => {
+                    res??;
+                    anyhow::bail!("the service stopped on its own");
+                }
+                _ = clock.sleep(Duration::from_millis(5)) => {}
+            }
+            let now = clock.monotonic_us();
+            if args.progress && now - last_progress >= 1_000_000 {
+                last_progress = now;
+                let persisted = Metrics::get(&metrics.msgs_persisted);
+                eprintln!(
+                    "demo: {:>5.1}s  consumed {:>9}/{} records  persisted {:>9} msgs  restarts {}",
+                    (now - start_us) as f64 / 1e6,
+                    Metrics::get(&metrics.records_in),
+                    total_records,
+                    persisted,
+                    restarts
+                );
+            }
+            let done = produced_all.load(Ordering::SeqCst)
+                && log.lag(&cfg.groups.to_redis, &topics.to_redis) == 0
+                && log.lag(&cfg.groups.to_mongo, &topics.to_mongo) == 0;
+            if done {
+                end_us = now;
+                let _ = tx.send(true);
+                handle.await??;
+                break 'service;
+            }
+            if args.crash_every > 0 && Metrics::get(&metrics.records_in) - base >= args.crash_every
+            {
+                handle.abort();
+                let _ = handle.await;
+                restarts += 1;
+                continue 'service;
+            }
+        }
+    }
+    producer.await??;
+    let elapsed_s = (end_us - start_us) as f64 / 1e6;
+
+    let t_audit = clock.monotonic_us();
+    let (hist, misplaced) = {
+        let mut eng = engine.lock();
+        history::collect(&log, &topics, &store, &mut eng, clock.now_ms())
+    };
+    let report = check::check(&hist);
+    let audit_s = (clock.monotonic_us() - t_audit) as f64 / 1e6;
+
+    let mut lat: Vec<u64> = produced_us
+        .iter()
+        .zip(persisted_us.iter())
+        .filter_map(|(p, q)| {
+            let (p, q) = (p.load(Ordering::Relaxed), q.load(Ordering::Relaxed));
+            (p > 0 && q > 0).then(|| q.saturating_sub(p))
+        })
+        .collect();
+    lat.sort_unstable();
+    Ok(DemoOutcome {
+        msgs_per_s: args.messages as f64 / elapsed_s.max(1e-9),
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        report,
+        misplaced,
+        records: total_records,
+        producer_duplicates: work.duplicates,
+        restarts,
+        elapsed_s,
+        metrics: metrics.snapshot(),
+        generate_s,
+        audit_s,
+    })
+}
+
+/// The human summary of a run.
+pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
+    let r = &o.report;
+    let metric = |name: &str| {
+        o.metrics
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
+    format!(
+        "msgtransfer demo: seed {}, {} messages in {} conversations, {} partitions\n\
+         \x20 workload  {} records ({} producer duplicates), generated in {:.1}s\n\
+         \x20 service   {:.2}s, {:.0} msg/s, produce->persisted p50 {:.1} ms, p99 {:.1} ms, {} restarts\n\
+         \x20 effects   {} messages as {} units; stored {} / persisted {} / cached {}; pushed {} of {} messages; dedup hits {}; dead letters {}; retries {}\n\
+         \x20 audit     {} seq conflicts, {} duplicates, {} order violations, {} lost, {} phantoms, {} misplaced, {} read seqs above max ({:.1}s)\n\
+         \x20 verdict   {}",
+        args.seed,
+        args.messages,
+        args.conversations,
+        args.partitions,
+        o.records,
+        o.producer_duplicates,
+        o.generate_s,
+        o.elapsed_s,
+        o.msgs_per_s,
+        o.p50_ms,
+        o.p99_ms,
+        o.restarts,
+        r.messages,
+        r.units,
+        r.stored,
+        r.persisted,
+        r.cached,
+        r.pushed,
+        r.messages,
+        metric("dedup_hits"),
+        metric("dlq_records"),
+        metric("retries"),
+        r.seq_conflicts,
+        r.duplicates,
+        r.order_violations,
+        r.lost,
+        r.phantoms,
+        o.misplaced,
+        r.read_seq_above_max,
+        o.audit_s,
+        if o.clean() {
+            "CLEAN".to_string()
+        } else {
+            format!(
+                "ANOMALIES, e.g. {:?}",
+                r.examples.iter().take(5).collect::<Vec<_>>()
+            )
+        }
+    )
+}
+
+/// The final JSON line of a run.
+pub fn json_line(args: &DemoArgs, o: &DemoOutcome) -> String {
+    let r = &o.report;
+    let metric = |name: &str| {
+        o.metrics
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
+    serde_json::json!({
+        "seed": args.seed,
+        "messages": r.messages,
+        "units": r.units,
+        "records": o.records,
+        "producer_duplicates": o.producer_duplicates,
+        "stored": r.stored,
+        "persisted": r.persisted,
+        "cached": r.cached,
+        "pushed": r.pushed,
+        "duplicates": r.duplicates,
+        "seq_conflicts": r.seq_conflicts,
+        "order_violations": r.order_violations,
+        "lost": r.lost,
+        "phantoms": r.phantoms,
+        "misplaced": o.misplaced,
+        "read_seq_above_max": r.read_seq_above_max,
+        "dedup_hits": metric("dedup_hits"),
+        "dead_letters": metric("dlq_records"),
+        "restarts": o.restarts,
+        "elapsed_s": (o.elapsed_s * 1000.0).round() / 1000.0,
+        "msgs_per_s": o.msgs_per_s.round(),
+        "p50_ms": (o.p50_ms * 10.0).round() / 10.0,
+        "p99_ms": (o.p99_ms * 10.0).round() / 10.0,
+        "clean": o.clean(),
+    })
+    .to_string()
+}

@@ -1,0 +1,149 @@
+//! Builds a checker [`History`] from the embedded backends' final state.
+//!
+//! Inputs are read back from the `toRedis` log itself (so producer
+//! duplicates are included, in log order) and categorised with the same
+//! rules the service uses; outputs come from the `toPush` and `toMongo`
+//! logs, the store's buckets and the Redis keyspace.
+
+use prost::Message;
+
+use super::log::EmbeddedLog;
+use super::redis::{Engine, Value};
+use super::store::EmbeddedStore;
+use crate::check::{History, Input, Seen};
+use crate::domain::{bucket, cache_json, categorise};
+use crate::pipeline::transfer::Topics;
+use crate::ports::Record;
+use crate::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
+
+fn per_partition(
+    records: Vec<Record>,
+    mut f: impl FnMut(&Record, &mut Vec<Seen>),
+) -> Vec<Vec<Seen>> {
+    let mut out: Vec<Vec<Seen>> = Vec::new();
+    for r in &records {
+        let p = r.partition as usize;
+        if out.len() <= p {
+            out.resize_with(p + 1, Vec::new);
+        }
+        f(r, &mut out[p]);
+    }
+    out
+}
+
+fn hash_value(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Hash(h) => h.get(b"value".as_slice()).map(Vec::as_slice),
+        _ => None,
+    }
+}
+
+/// Collects the history of a run. Records that do not decode are skipped
+/// here (they are the dead-letter topic's business); `misplaced` counts
+/// slots and cache keys whose position disagrees with the seq inside.
+pub fn collect(
+    log: &EmbeddedLog,
+    topics: &Topics,
+    store: &EmbeddedStore,
+    redis: &mut Engine,
+    now_ms: i64,
+) -> (History, u64) {
+    let mut h = History::default();
+    let mut misplaced = 0u64;
+    for r in log.records(&topics.to_redis) {
+        let Ok(m) = MsgData::decode(r.value.as_ref()) else {
+            continue;
+        };
+        let Ok(units) = categorise::categorise(m) else {
+            continue;
+        };
+        for u in units {
+            h.inputs.push(Input {
+                conversation_id: u.conversation_id,
+                client_msg_id: u.msg.client_msg_id,
+                stored: u.stored,
+            });
+        }
+    }
+    h.pushes = per_partition(log.records(&topics.to_push), |r, out| {
+        if let Ok(p) = PushMsgDataToMq::decode(r.value.as_ref()) {
+            let m = p.msg_data.unwrap_or_default();
+            out.push(Seen {
+                conversation_id: p.conversation_id,
+                client_msg_id: m.client_msg_id,
+                seq: m.seq,
+            });
+        }
+    });
+    h.persistence_records = per_partition(log.records(&topics.to_mongo), |r, out| {
+        if let Ok(rec) = MsgDataToMongoByMq::decode(r.value.as_ref()) {
+            for m in rec.msg_data {
+                out.push(Seen {
+                    conversation_id: rec.conversation_id.clone(),
+                    client_msg_id: m.client_msg_id,
+                    seq: m.seq,
+                });
+            }
+        }
+    });
+    store.for_each_msg(|doc_id, slot, m| {
+        let Some((conv, index)) = bucket::parse_doc_id(doc_id) else {
+            misplaced += 1;
+            return;
+        };
+        if m.seq < 1 || bucket::doc_index(m.seq) != index || bucket::slot(m.seq) != slot {
+            misplaced += 1;
+        }
+        h.persisted.push(Seen {
+            conversation_id: conv.to_string(),
+            client_msg_id: m.client_msg_id.clone(),
+            seq: m.seq,
+        });
+    });
+    for (key, value) in redis.scan_prefix(now_ms, b"MSG_CACHE:") {
+        let key = String::from_utf8_lossy(&key[b"MSG_CACHE:".len()..]).into_owned();
+        let parsed = key
+            .rsplit_once(':')
+            .and_then(|(c, s)| Some((c.to_string(), s.parse::<i64>().ok()?)));
+        let ident = hash_value(&value).and_then(cache_json::decode_identity);
+        match (parsed, ident) {
+            (Some((conv, seq)), Some(id)) => {
+                if id.seq != seq {
+                    misplaced += 1;
+                }
+                h.cached.push(Seen {
+                    conversation_id: conv,
+                    client_msg_id: id.client_msg_id,
+                    seq: id.seq,
+                });
+            }
+            _ => misplaced += 1,
+        }
+    }
+    for (key, value) in redis.scan_prefix(now_ms, b"MALLOC_SEQ:") {
+        let conv = String::from_utf8_lossy(&key[b"MALLOC_SEQ:".len()..]).into_owned();
+        if let Value::Hash(fields) = &value {
+            let curr = fields
+                .get(b"CURR".as_slice())
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            h.max_seqs.insert(conv, curr);
+        }
+    }
+    for (key, value) in redis.scan_prefix(now_ms, b"SEQ_USER_READ:") {
+        let rest = String::from_utf8_lossy(&key[b"SEQ_USER_READ:".len()..]).into_owned();
+        let Some((conv, user)) = rest.rsplit_once(':') else {
+            misplaced += 1;
+            continue;
+        };
+        let read = hash_value(&value)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        h.read_seqs
+            .push((user.to_string(), conv.to_string(), read, "redis"));
+    }
+    for ((user, conv), read) in store.read_seqs() {
+        h.read_seqs.push((user, conv, read, "mongo"));
+    }
+    (h, misplaced)
+}

@@ -1,0 +1,420 @@
+//! An in-process partitioned log with consumer groups: the embedded Kafka.
+//!
+//! Topics are created on first use with a fixed partition count. Producers
+//! pick the partition the way OpenIM's sarama producer does (FNV-1a of the
+//! key), so per-key order holds exactly as in production. Each consumer group
+//! keeps committed offsets per partition; a consumer that joins a group is
+//! assigned every partition, fences out the previous member (whose later
+//! polls report a revocation and whose commits are refused), and resumes at
+//! the committed offsets — so anything not committed is delivered again, just
+//! as after a crash in Kafka.
+//!
+//! Everything is deterministic given the order of calls. Acknowledgements
+//! are immediate unless a [`FaultPlan`](super::FaultPlan) says otherwise.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::FaultPlan;
+use crate::ports::log::{Ack, Delivered};
+use crate::ports::{
+    BoxFuture, ConsumerEvent, LogConsumer, LogError, LogProducer, OutRecord, Record, SharedClock,
+};
+
+/// Partition of `key` among `partitions`, as sarama's hash partitioner
+/// computes it: FNV-1a 32-bit, read as a signed number, remainder made
+/// non-negative.
+pub fn sarama_partition(key: &[u8], partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let p = (h as i32) % partitions;
+    if p < 0 { -p } else { p }
+}
+
+#[derive(Default)]
+struct Group {
+    committed: BTreeMap<(Arc<str>, i32), i64>,
+    /// The member currently owning the group's partitions, per topic.
+    owner: BTreeMap<Arc<str>, u64>,
+}
+
+struct State {
+    partitions: i32,
+    max_record_bytes: usize,
+    topics: BTreeMap<Arc<str>, Vec<Vec<Record>>>,
+    groups: BTreeMap<String, Group>,
+    next_member: u64,
+    round_robin: u64,
+}
+
+impl State {
+    fn topic(&mut self, name: &str) -> &mut Vec<Vec<Record>> {
+        if !self.topics.contains_key(name) {
+            let parts = (0..self.partitions).map(|_| Vec::new()).collect();
+            self.topics.insert(Arc::from(name), parts);
+        }
+        // Inserted just above when missing.
+        self.topics.get_mut(name).expect("topic exists")
+    }
+}
+
+/// The embedded log. Cloning gives another handle to the same log.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    state: Arc<Mutex<State>>,
+    arrivals: Arc<Notify>,
+    clock: SharedClock,
+    faults: Option<Arc<FaultPlan>>,
+}
+
+impl EmbeddedLog {
+    /// A log whose topics have `partitions` partitions and which refuses
+    /// records above `max_record_bytes` (sarama's default is 1,000,000).
+    pub fn new(partitions: i32, max_record_bytes: usize, clock: SharedClock) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                partitions: partitions.max(1),
+                max_record_bytes,
+                topics: BTreeMap::new(),
+                groups: BTreeMap::new(),
+                next_member: 1,
+                round_robin: 0,
+            })),
+            arrivals: Arc::new(Notify::new()),
+            clock,
+            faults: None,
+        }
+    }
+
+    /// The same log, with produce faults injected by `plan`.
+    pub fn with_faults(mut self, plan: Arc<FaultPlan>) -> Self {
+        self.faults = Some(plan);
+        self
+    }
+
+    /// Appends a record and returns where it went.
+    pub fn append(&self, rec: OutRecord) -> Result<Delivered, LogError> {
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock();
+        let size = rec.size();
+        if size > st.max_record_bytes {
+            return Err(LogError::TooLarge {
+                size,
+                limit: st.max_record_bytes,
+            });
+        }
+        let n = st.partitions;
+        let partition = if rec.key.is_empty() {
+            st.round_robin += 1;
+            (st.round_robin % n as u64) as i32
+        } else {
+            sarama_partition(&rec.key, n)
+        };
+        let topic_name: Arc<str> = rec.topic.clone();
+        let parts = st.topic(&topic_name);
+        let log = &mut parts[partition as usize];
+        let offset = log.len() as i64;
+        log.push(Record {
+            topic: topic_name,
+            partition,
+            offset,
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers.into(),
+            timestamp_ms: now,
+        });
+        drop(st);
+        self.arrivals.notify_waiters();
+        Ok(Delivered { partition, offset })
+    }
+
+    /// A new member of `group` reading `topic`. It takes over every partition
+    /// from the previous member, if any.
+    pub fn consumer(&self, group: &str, topic: &str) -> EmbeddedConsumer {
+        let mut st = self.state.lock();
+        let id = st.next_member;
+        st.next_member += 1;
+        EmbeddedConsumer {
+            log: self.clone(),
+            group: group.to_string(),
+            topic: Arc::from(topic),
+            member: id,
+            positions: None,
+        }
+    }
+
+    /// A producer handle.
+    pub fn producer(&self) -> EmbeddedProducer {
+        EmbeddedProducer { log: self.clone() }
+    }
+
+    /// Every record of `topic`, partition by partition, in offset order.
+    pub fn records(&self, topic: &str) -> Vec<Record> {
+        let st = self.state.lock();
+        st.topics
+            .get(topic)
+            .map(|parts| parts.iter().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The number of records in `topic`.
+    pub fn len(&self, topic: &str) -> usize {
+        let st = self.state.lock();
+        st.topics
+            .get(topic)
+            .map(|parts| parts.iter().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Whether `topic` has no records.
+    pub fn is_empty(&self, topic: &str) -> bool {
+        self.len(topic) == 0
+    }
+
+    /// How many records of `topic` lie beyond `group`'s committed offsets.
+    pub fn lag(&self, group: &str, topic: &str) -> u64 {
+        let st = self.state.lock();
+        let Some(parts) = st.topics.get(topic) else {
+            return 0;
+        };
+        let g = st.groups.get(group);
+        parts
+            .iter()
+            .enumerate()
+            .map(|(p, recs)| {
+                let committed = g
+                    .and_then(|g| g.committed.get(&(Arc::from(topic), p as i32)).copied())
+                    .unwrap_or(0);
+                (recs.len() as i64 - committed).max(0) as u64
+            })
+            .sum()
+    }
+}
+
+/// A producer writing into an [`EmbeddedLog`].
+#[derive(Clone)]
+pub struct EmbeddedProducer {
+    log: EmbeddedLog,
+}
+
+impl LogProducer for EmbeddedProducer {
+    fn send(&self, record: OutRecord) -> Ack {
+        let fault = self.log.faults.as_ref().and_then(|f| f.produce());
+        let result = match fault {
+            Some(super::Fault::Before) => {
+                Err(LogError::Unavailable("injected: produce lost".into()))
+            }
+            Some(super::Fault::After) => self
+                .log
+                .append(record)
+                .and(Err(LogError::Unavailable("injected: ack lost".into()))),
+            None => self.log.append(record),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.log.state.lock().max_record_bytes
+    }
+}
+
+/// One member of a consumer group on one topic.
+pub struct EmbeddedConsumer {
+    log: EmbeddedLog,
+    group: String,
+    topic: Arc<str>,
+    member: u64,
+    /// Next offset to hand out per partition; `None` until assigned.
+    positions: Option<Vec<i64>>,
+}
+
+impl EmbeddedConsumer {
+    /// Takes whatever is available right now, or an assignment/revocation.
+    fn take(&mut self, max: usize) -> Option<ConsumerEvent> {
+        let mut st = self.log.state.lock();
+        let partitions = st.partitions;
+        st.topic(&self.topic);
+        let group = st.groups.entry(self.group.clone()).or_default();
+        let owner = group.owner.get(&self.topic).copied();
+        match (&self.positions, owner) {
+            (None, _) => {
+                group.owner.insert(self.topic.clone(), self.member);
+                let positions = (0..partitions)
+                    .map(|p| {
+                        group
+                            .committed
+                            .get(&(self.topic.clone(), p))
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                self.positions = Some(positions);
+                return Some(ConsumerEvent::Assigned((0..partitions).collect()));
+            }
+            (Some(_), Some(o)) if o != self.member => {
+                self.positions = None;
+                // Fenced out: from now on this member owns nothing.
+                self.member = u64::MAX;
+                return Some(ConsumerEvent::Revoked((0..partitions).collect()));
+            }
+            _ => {}
+        }
+        let parts = st.topics.get(&self.topic)?;
+        let positions = self.positions.as_mut()?;
+        let mut out = Vec::new();
+        // Share `max` across partitions so none starves.
+        let per_partition = (max / parts.len().max(1)).max(1);
+        for (p, log) in parts.iter().enumerate() {
+            let from = positions[p] as usize;
+            let to = log.len().min(from + per_partition);
+            if from < to {
+                out.extend_from_slice(&log[from..to]);
+                positions[p] = to as i64;
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        (!out.is_empty()).then_some(ConsumerEvent::Records(out))
+    }
+}
+
+impl LogConsumer for EmbeddedConsumer {
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<ConsumerEvent, LogError>> {
+        Box::pin(async move {
+            if self.member == u64::MAX {
+                return Err(LogError::Closed);
+            }
+            let arrivals = self.log.arrivals.clone();
+            let notified = arrivals.notified();
+            tokio::pin!(notified);
+            // Register interest before looking, so an append between the look
+            // and the wait still wakes us.
+            notified.as_mut().enable();
+            if let Some(ev) = self.take(max) {
+                return Ok(ev);
+            }
+            let sleep = self.log.clock.sleep(wait);
+            tokio::select! {
+                _ = notified => {}
+                _ = sleep => {}
+            }
+            Ok(self.take(max).unwrap_or(ConsumerEvent::Idle))
+        })
+    }
+
+    fn commit(&mut self, offsets: Vec<(i32, i64)>) -> BoxFuture<'_, Result<(), LogError>> {
+        let result = (|| {
+            let mut st = self.log.state.lock();
+            let group = st.groups.entry(self.group.clone()).or_default();
+            if group.owner.get(&self.topic).copied() != Some(self.member) {
+                return Err(LogError::Refused(
+                    "not the owner of these partitions".into(),
+                ));
+            }
+            for (p, off) in offsets {
+                let e = group.committed.entry((self.topic.clone(), p)).or_insert(0);
+                *e = (*e).max(off);
+            }
+            Ok(())
+        })();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::clock::ManualClock;
+    use bytes::Bytes;
+
+    fn rec(key: &str, value: &str) -> OutRecord {
+        OutRecord {
+            topic: Arc::from("t"),
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            headers: vec![],
+        }
+    }
+
+    fn log() -> EmbeddedLog {
+        EmbeddedLog::new(4, 1000, Arc::new(ManualClock::new(0)))
+    }
+
+    #[test]
+    fn sarama_partition_matches_fnv1a() {
+        // FNV-1a("") is the offset basis 0x811c9dc5, negative as i32.
+        assert_eq!(
+            sarama_partition(b"", 8),
+            ((0x811c_9dc5u32 as i32) % 8).abs()
+        );
+        let p = sarama_partition(b"u100_u200", 8);
+        assert!((0..8).contains(&p));
+        assert_eq!(p, sarama_partition(b"u100_u200", 8));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn uncommitted_records_are_redelivered_to_the_next_member() {
+        let log = log();
+        for i in 0..10 {
+            log.append(rec("k", &i.to_string())).unwrap();
+        }
+        let mut c1 = log.consumer("g", "t");
+        assert!(matches!(
+            c1.poll(100, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Assigned(_)
+        ));
+        let ConsumerEvent::Records(r) = c1.poll(100, Duration::ZERO).await.unwrap() else {
+            panic!("expected records")
+        };
+        assert_eq!(r.len(), 10);
+        let p = r[0].partition;
+        c1.commit(vec![(p, 4)]).await.unwrap();
+        drop(c1);
+        let mut c2 = log.consumer("g", "t");
+        c2.poll(100, Duration::ZERO).await.unwrap();
+        let ConsumerEvent::Records(r) = c2.poll(100, Duration::ZERO).await.unwrap() else {
+            panic!("expected records")
+        };
+        let values: Vec<&[u8]> = r.iter().map(|x| &x.value[..]).collect();
+        assert_eq!(values.first().copied(), Some(&b"4"[..]));
+        assert_eq!(r.len(), 6);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_member_fences_the_old_one() {
+        let log = log();
+        log.append(rec("k", "v")).unwrap();
+        let mut c1 = log.consumer("g", "t");
+        c1.poll(10, Duration::ZERO).await.unwrap();
+        let mut c2 = log.consumer("g", "t");
+        c2.poll(10, Duration::ZERO).await.unwrap();
+        assert!(matches!(
+            c1.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Revoked(_)
+        ));
+        assert!(c1.commit(vec![(0, 1)]).await.is_err());
+        assert!(c2.commit(vec![(0, 1)]).await.is_ok());
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let log = log();
+        let big = "x".repeat(2000);
+        assert!(matches!(
+            log.append(rec("k", &big)),
+            Err(LogError::TooLarge { .. })
+        ));
+    }
+}

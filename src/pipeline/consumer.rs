@@ -1,0 +1,424 @@
+//! The consumer loop shared by both input topics.
+//!
+//! It reads records in partition order, lets a [`Handler`] split each one
+//! into per-conversation items, and keeps one queue per conversation. A
+//! conversation has at most one batch in flight, so its items are processed
+//! in partition order; different conversations run concurrently, so a slow
+//! or hot conversation never holds the others back. A record's offset
+//! becomes committable once every item it produced is done
+//! ([`OffsetTracker`]); records that cannot be decoded go whole to the
+//! dead-letter topic first.
+//!
+//! Bounds: at most `max_inflight` batches run at once, at most `max_batch`
+//! items form a batch, and polling pauses while `max_queued` items wait.
+//!
+//! Shutdown (drain): stop polling, let the running batches finish (within
+//! `drain_timeout`), commit what is done, return. Items still queued are not
+//! started; they are uncommitted and will be delivered again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::offsets::OffsetTracker;
+use super::retry::{Backoff, Retrier};
+use crate::metrics::Metrics;
+use crate::ports::{
+    BoxFuture, ConsumerEvent, LogConsumer, LogError, LogProducer, OutRecord, Record, Rng,
+    SharedClock,
+};
+
+/// Why a record is refused; it goes to the dead-letter topic with this
+/// reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection(pub String);
+
+/// A conversation key: items with the same key are processed in order.
+pub type ConvKey = Arc<str>;
+
+/// What the loop needs from the topic-specific logic.
+pub trait Handler: Send + Sync + 'static {
+    /// One unit of work bound to one conversation.
+    type Item: Send + 'static;
+
+    /// Splits a record into its items, or refuses it.
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, Self::Item)>, Rejection>;
+
+    /// Processes a batch of one conversation until every effect is
+    /// acknowledged, retrying transient failures itself. Items arrive in
+    /// partition order.
+    fn process(
+        self: Arc<Self>,
+        conversation: ConvKey,
+        items: Vec<Self::Item>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// Tunables of the loop.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Records asked for per poll.
+    pub max_poll_records: usize,
+    /// How long a poll waits for records.
+    pub poll_wait: Duration,
+    /// Items of one conversation per batch.
+    pub max_batch: usize,
+    /// Batches running at once.
+    pub max_inflight: usize,
+    /// Items consumed but not done before polling pauses.
+    pub max_queued: usize,
+    /// How often done offsets are committed.
+    pub commit_interval: Duration,
+    /// How long a drain waits for running batches.
+    pub drain_timeout: Duration,
+    /// Where refused records go.
+    pub dlq_topic: Arc<str>,
+    /// Retry delays for dead-letter produces and commits.
+    pub backoff: Backoff,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            max_poll_records: 1000,
+            poll_wait: Duration::from_millis(50),
+            max_batch: 500,
+            max_inflight: 256,
+            max_queued: 50_000,
+            commit_interval: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(8),
+            dlq_topic: Arc::from("msgtransfer-dlq"),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Header names added to dead-lettered records (after the original ones,
+/// so OpenIM's positional headers keep their places).
+pub mod dlq_header {
+    /// Why the record was refused.
+    pub const REASON: &str = "x-dlq-reason";
+    /// Topic it was read from.
+    pub const SOURCE_TOPIC: &str = "x-dlq-source-topic";
+    /// Partition it was read from.
+    pub const SOURCE_PARTITION: &str = "x-dlq-source-partition";
+    /// Offset it was read from.
+    pub const SOURCE_OFFSET: &str = "x-dlq-source-offset";
+    /// When it was refused, ms since the epoch.
+    pub const TIME_MS: &str = "x-dlq-time-ms";
+}
+
+/// The services the loop itself uses.
+#[derive(Clone)]
+pub struct LoopDeps {
+    /// Producer for dead letters.
+    pub producer: Arc<dyn LogProducer>,
+    /// Time.
+    pub clock: SharedClock,
+    /// Randomness (backoff jitter).
+    pub rng: Arc<dyn Rng>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why the loop stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// A batch task panicked: a bug, surfaced instead of swallowed.
+    #[error("a batch task failed: {0}")]
+    Task(String),
+}
+
+type Token = (i32, i64);
+
+enum Done {
+    Batch(ConvKey, Vec<Token>),
+    DeadLetter(Token),
+}
+
+/// The dead-letter record for `record` refused for `reason`.
+pub fn dead_letter(record: &Record, reason: &str, topic: &Arc<str>, now_ms: i64) -> OutRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = record.headers.to_vec();
+    headers.push((dlq_header::REASON.into(), reason.as_bytes().to_vec()));
+    headers.push((
+        dlq_header::SOURCE_TOPIC.into(),
+        record.topic.as_bytes().to_vec(),
+    ));
+    headers.push((
+        dlq_header::SOURCE_PARTITION.into(),
+        record.partition.to_string().into_bytes(),
+    ));
+    headers.push((
+        dlq_header::SOURCE_OFFSET.into(),
+        record.offset.to_string().into_bytes(),
+    ));
+    headers.push((dlq_header::TIME_MS.into(), now_ms.to_string().into_bytes()));
+    OutRecord {
+        topic: topic.clone(),
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers,
+    }
+}
+
+async fn produce_until_acked(deps: &LoopDeps, rec: OutRecord, backoff: &Backoff) {
+    let mut retry = Retrier::new(backoff);
+    loop {
+        match deps.producer.send(rec.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(topic = %rec.topic, error = %e, "dead-letter produce failed; retrying");
+                Metrics::add(&deps.metrics.retries, 1);
+                retry.wait(deps.clock.as_ref(), deps.rng.as_ref()).await;
+            }
+        }
+    }
+}
+
+/// The state of one running loop.
+struct Loop<H: Handler> {
+    handler: Arc<H>,
+    deps: LoopDeps,
+    cfg: ConsumerConfig,
+    tracker: OffsetTracker,
+    queues: FxHashMap<ConvKey, VecDeque<(Token, H::Item)>>,
+    running: FxHashSet<ConvKey>,
+    ready: VecDeque<ConvKey>,
+    queued: usize,
+    tasks: JoinSet<Done>,
+    committed: FxHashMap<i32, i64>,
+}
+
+impl<H: Handler> Loop<H> {
+    fn enqueue(&mut self, conv: ConvKey, token: Token, item: H::Item) {
+        let q = self.queues.entry(conv.clone()).or_default();
+        let was_idle = q.is_empty() && !self.running.contains(&conv);
+        q.push_back((token, item));
+        self.queued += 1;
+        if was_idle {
+            self.ready.push_back(conv);
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while self.tasks.len() < self.cfg.max_inflight {
+            let Some(conv) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(q) = self.queues.get_mut(&conv) else {
+                continue;
+            };
+            let n = q.len().min(self.cfg.max_batch);
+            if n == 0 {
+                continue;
+            }
+            let mut tokens = Vec::with_capacity(n);
+            let mut items = Vec::with_capacity(n);
+            for (t, it) in q.drain(..n) {
+                tokens.push(t);
+                items.push(it);
+            }
+            self.running.insert(conv.clone());
+            let handler = self.handler.clone();
+            self.tasks.spawn(async move {
+                handler.process(conv.clone(), items).await;
+                Done::Batch(conv, tokens)
+            });
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Batch(conv, tokens) => {
+                self.queued -= tokens.len();
+                for (p, o) in tokens {
+                    self.tracker.done(p, o);
+                }
+                self.running.remove(&conv);
+                match self.queues.get(&conv) {
+                    Some(q) if !q.is_empty() => self.ready.push_back(conv),
+                    _ => {
+                        self.queues.remove(&conv);
+                    }
+                }
+            }
+            Done::DeadLetter((p, o)) => {
+                Metrics::add(&self.deps.metrics.dlq_records, 1);
+                self.tracker.done(p, o);
+            }
+        }
+    }
+
+    fn on_records(&mut self, records: Vec<Record>) {
+        for rec in records {
+            let token = (rec.partition, rec.offset);
+            match self.handler.decode(&rec) {
+                Ok(units) => {
+                    if !self
+                        .tracker
+                        .track(rec.partition, rec.offset, units.len() as u32)
+                    {
+                        continue;
+                    }
+                    for (conv, item) in units {
+                        self.enqueue(conv, token, item);
+                    }
+                }
+                Err(Rejection(reason)) => {
+                    if !self.tracker.track(rec.partition, rec.offset, 1) {
+                        continue;
+                    }
+                    tracing::warn!(
+                        topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+                        reason = %reason, "record refused; sending it to the dead-letter topic"
+                    );
+                    let out =
+                        dead_letter(&rec, &reason, &self.cfg.dlq_topic, self.deps.clock.now_ms());
+                    let deps = self.deps.clone();
+                    let backoff = self.cfg.backoff.clone();
+                    self.tasks.spawn(async move {
+                        produce_until_acked(&deps, out, &backoff).await;
+                        Done::DeadLetter(token)
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_revoked(&mut self, partitions: &[i32]) {
+        self.tracker.revoke(partitions);
+        let mut dropped = 0;
+        for q in self.queues.values_mut() {
+            let before = q.len();
+            q.retain(|((p, _), _)| !partitions.contains(p));
+            dropped += before - q.len();
+        }
+        self.queued -= dropped;
+        for p in partitions {
+            self.committed.remove(p);
+        }
+    }
+
+    async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
+        let moved: Vec<(i32, i64)> = self
+            .tracker
+            .commit_points()
+            .into_iter()
+            .filter(|(p, o)| self.committed.get(p) != Some(o))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(moved.clone()).await {
+            Ok(()) => {
+                Metrics::add(&self.deps.metrics.commits, moved.len() as u64);
+                for (p, o) in moved {
+                    self.committed.insert(p, o);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; will retry");
+                Metrics::add(&self.deps.metrics.retries, 1);
+            }
+        }
+    }
+}
+
+/// Runs the loop until `shutdown` turns true (then drains) or the consumer
+/// is closed.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    mut consumer: Box<dyn LogConsumer>,
+    deps: LoopDeps,
+    cfg: ConsumerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LoopError> {
+    let clock = deps.clock.clone();
+    let mut lp = Loop {
+        handler,
+        deps: deps.clone(),
+        cfg: cfg.clone(),
+        tracker: OffsetTracker::new(),
+        queues: FxHashMap::default(),
+        running: FxHashSet::default(),
+        ready: VecDeque::new(),
+        queued: 0,
+        tasks: JoinSet::new(),
+        committed: FxHashMap::default(),
+    };
+    let mut draining = *shutdown.borrow();
+    let mut poll_retry = Retrier::new(&cfg.backoff);
+    let commit_every_us = cfg.commit_interval.as_micros() as u64;
+    let mut last_commit = clock.monotonic_us();
+    let mut drain_deadline = draining.then(|| clock.sleep(cfg.drain_timeout));
+
+    loop {
+        if !draining {
+            lp.dispatch();
+        }
+        if draining && lp.tasks.is_empty() {
+            break;
+        }
+        let may_poll = !draining && lp.queued < cfg.max_queued;
+        tokio::select! {
+            biased;
+            joined = lp.tasks.join_next(), if !lp.tasks.is_empty() => {
+                match joined {
+                    Some(Ok(done)) => lp.on_done(done),
+                    Some(Err(e)) if e.is_cancelled() => {}
+                    Some(Err(e)) => return Err(LoopError::Task(e.to_string())),
+                    None => {}
+                }
+            }
+            _ = async { drain_deadline.as_mut().expect("guarded").await }, if drain_deadline.is_some() => {
+                tracing::warn!(running = lp.tasks.len(), "drain timed out; abandoning running batches (they stay uncommitted)");
+                lp.tasks.abort_all();
+                break;
+            }
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
+                    draining = true;
+                    drain_deadline = Some(clock.sleep(cfg.drain_timeout));
+                }
+            }
+            polled = consumer.poll(cfg.max_poll_records, cfg.poll_wait), if may_poll => {
+                match polled {
+                    Ok(ConsumerEvent::Records(recs)) => {
+                        poll_retry = Retrier::new(&cfg.backoff);
+                        lp.on_records(recs);
+                    }
+                    Ok(ConsumerEvent::Assigned(parts)) => {
+                        tracing::info!(?parts, "partitions assigned");
+                    }
+                    Ok(ConsumerEvent::Revoked(parts)) => {
+                        tracing::info!(?parts, "partitions revoked");
+                        lp.commit(consumer.as_mut()).await;
+                        lp.on_revoked(&parts);
+                    }
+                    Ok(ConsumerEvent::Idle) => {}
+                    Err(LogError::Closed) => {
+                        draining = true;
+                        drain_deadline = Some(clock.sleep(cfg.drain_timeout));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "poll failed; retrying");
+                        Metrics::add(&deps.metrics.retries, 1);
+                        poll_retry.wait(clock.as_ref(), deps.rng.as_ref()).await;
+                    }
+                }
+            }
+            _ = clock.sleep(cfg.commit_interval), if !may_poll && !draining => {}
+        }
+        let now = clock.monotonic_us();
+        if now.saturating_sub(last_commit) >= commit_every_us {
+            lp.commit(consumer.as_mut()).await;
+            last_commit = now;
+        }
+    }
+    lp.commit(consumer.as_mut()).await;
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! The `toRedis` handler: from a chat message to seq, cache, push and
+//! persistence records.
+//!
+//! Per record ([`Handler::decode`]): decode `MsgData`, read a receipt's
+//! content, categorise into units (one per conversation). A record that does
+//! not decode or has no conversation is refused whole (dead-letter topic).
+//!
+//! Per conversation batch ([`Handler::process`]), in this order, each step
+//! acknowledged before the next:
+//! 1. read receipts raise `seq_user.read_seq` in Mongo (max-only);
+//! 2. stored messages, in chunks of `assign_chunk`, go through the Redis
+//!    assign script (dedup + seq + `MSG_CACHE` + sender read seq in Redis);
+//! 3. a chat conversation's first message (seq 1) is announced to the
+//!    conversation hook;
+//! 4. senders' read seqs are raised in Mongo (max-only);
+//! 5. `toMongo` records (runs of contiguous seqs, split under the producer's
+//!    size limit) and then one `toPush` record per message are produced, and
+//!    every acknowledgement is awaited.
+//!
+//! Any failure retries the whole batch after a backoff. Every step is
+//! idempotent — the assign script hands redelivered messages their first seq
+//! back, Mongo writes are max-only or slot overwrites, produces are
+//! at-least-once — so a retry (or a redelivery after a crash) repeats effects
+//! with the same seqs and never invents new ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+use redis::aio::ConnectionLike;
+
+use super::consumer::{ConvKey, Handler, Rejection};
+use super::retry::{Backoff, Retrier};
+use crate::cache::{self, AssignItem, CacheConfig};
+use crate::domain::categorise::{Unit, categorise};
+use crate::domain::context::MsgContext;
+use crate::domain::receipt::{self, ReadReceipt};
+use crate::domain::{cache_json, content};
+use crate::metrics::Metrics;
+use crate::ports::{
+    BoxFuture, ConversationHook, DocStore, LogProducer, NewConversation, OutRecord, Record, Rng,
+    SharedClock,
+};
+use crate::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
+
+/// Topic names (OpenIM's defaults from `kafka.yml`, plus our dead letters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// Input of the transfer stage.
+    pub to_redis: Arc<str>,
+    /// Persistence records (produced and consumed here).
+    pub to_mongo: Arc<str>,
+    /// Push records.
+    pub to_push: Arc<str>,
+    /// Refused records.
+    pub dlq: Arc<str>,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            to_redis: Arc::from("toRedis"),
+            to_mongo: Arc::from("toMongo"),
+            to_push: Arc::from("toPush"),
+            dlq: Arc::from("msgtransfer-dlq"),
+        }
+    }
+}
+
+/// Tunables of the transfer stage.
+#[derive(Clone, Debug)]
+pub struct TransferConfig {
+    /// Topic names.
+    pub topics: Topics,
+    /// Stored messages per assign-script call (OpenIM's cache limit is 100).
+    pub assign_chunk: usize,
+    /// Redis TTLs and the dedup window.
+    pub cache: CacheConfig,
+    /// Retry delays for failed batches.
+    pub backoff: Backoff,
+    /// Room kept below the producer's record limit for the envelope around
+    /// a message (conversation ID, seqs, headers).
+    pub envelope_margin_bytes: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            topics: Topics::default(),
+            assign_chunk: 100,
+            cache: CacheConfig::default(),
+            backoff: Backoff::default(),
+            envelope_margin_bytes: 4096,
+        }
+    }
+}
+
+/// One message bound for one conversation, with what it came with.
+#[derive(Debug)]
+pub struct TransferItem {
+    /// The categorised message.
+    pub unit: Unit,
+    /// The input record's key, reused for the records we produce.
+    pub key: Bytes,
+    /// The input record's context (positional headers).
+    pub ctx: Arc<MsgContext>,
+    /// The read receipt this message carries, if it is one (attached to the
+    /// first unit of the record only).
+    pub receipt: Option<ReadReceipt>,
+}
+
+/// The backends the transfer stage talks to.
+pub struct TransferDeps<C> {
+    /// A Redis connection (cloned per batch).
+    pub redis: C,
+    /// Mongo.
+    pub store: Arc<dyn DocStore>,
+    /// Kafka producer.
+    pub producer: Arc<dyn LogProducer>,
+    /// The conversation service.
+    pub hook: Arc<dyn ConversationHook>,
+    /// Time.
+    pub clock: SharedClock,
+    /// Randomness (lock tokens, jitter).
+    pub rng: Arc<dyn Rng>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The `toRedis` handler.
+pub struct Transfer<C> {
+    deps: TransferDeps<C>,
+    cfg: TransferConfig,
+}
+
+impl<C> Transfer<C> {
+    /// A handler over `deps`.
+    pub fn new(deps: TransferDeps<C>, cfg: TransferConfig) -> Self {
+        Self { deps, cfg }
+    }
+}
+
+/// Why one attempt at a batch failed (always retried).
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error(transparent)]
+    Store(#[from] crate::ports::StoreError),
+    #[error(transparent)]
+    Hook(#[from] crate::ports::hook::HookError),
+    #[error(transparent)]
+    Log(#[from] crate::ports::LogError),
+}
+
+/// Stored messages of a batch, prepared once and reused across retries.
+struct Prepared {
+    /// Indices of stored items, in order.
+    stored: Vec<usize>,
+    /// Cache JSON halves per stored item.
+    json: Vec<(String, String)>,
+    /// Receipts aggregated per (user, conversation): max read seq.
+    receipts: BTreeMap<(String, String), i64>,
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
+    fn prepare(items: &[TransferItem]) -> Prepared {
+        let stored: Vec<usize> = (0..items.len()).filter(|i| items[*i].unit.stored).collect();
+        let json = stored
+            .iter()
+            .map(|i| cache_json::encode_split(&items[*i].unit.msg))
+            .collect();
+        let mut receipts = BTreeMap::new();
+        for it in items {
+            if let Some(r) = &it.receipt {
+                let e = receipts
+                    .entry((r.user_id.clone(), r.conversation_id.clone()))
+                    .or_insert(i64::MIN);
+                *e = (*e).max(r.read_seq);
+            }
+        }
+        Prepared {
+            stored,
+            json,
+            receipts,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        conv: &str,
+        items: &mut [TransferItem],
+        prep: &Prepared,
+    ) -> Result<(), AttemptError> {
+        let d = &self.deps;
+        for ((user, rconv), seq) in &prep.receipts {
+            if let Err(e) = d.store.raise_read_seq(user, rconv, *seq).await {
+                Metrics::add(&d.metrics.seq_set_failed_total, 1);
+                return Err(e.into());
+            }
+        }
+
+        // Seqs, cache and Redis read seqs, one script call per chunk.
+        let chat = items.first().is_some_and(|it| it.unit.chat);
+        let mut redis = d.redis.clone();
+        for (chunk_idx, json_chunk) in prep
+            .stored
+            .chunks(self.cfg.assign_chunk.max(1))
+            .zip(prep.json.chunks(self.cfg.assign_chunk.max(1)))
+        {
+            let assign_items: Vec<AssignItem<'_>> = chunk_idx
+                .iter()
+                .zip(json_chunk)
+                .map(|(i, (pre, suf))| {
+                    let m = &items[*i].unit.msg;
+                    AssignItem {
+                        client_msg_id: &m.client_msg_id,
+                        sender: chat.then_some(m.send_id.as_str()),
+                        json_prefix: pre,
+                        json_suffix: suf,
+                    }
+                })
+                .collect();
+            let assigned = match cache::assign(
+                &mut redis,
+                d.store.as_ref(),
+                d.clock.as_ref(),
+                d.rng.as_ref(),
+                &self.cfg.cache,
+                conv,
+                &assign_items,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    Metrics::add(&d.metrics.msg_insert_redis_failed_total, 1);
+                    return Err(e.into());
+                }
+            };
+            drop(assign_items);
+            for (i, seq) in chunk_idx.iter().zip(&assigned.seqs) {
+                items[*i].unit.msg.seq = *seq;
+            }
+            let hits = assigned.hits.iter().filter(|h| **h).count() as u64;
+            Metrics::add(&d.metrics.msgs_stored, chunk_idx.len() as u64);
+            Metrics::add(&d.metrics.dedup_hits, hits);
+            Metrics::add(
+                &d.metrics.msg_insert_redis_success_total,
+                chunk_idx.len() as u64,
+            );
+        }
+
+        // Copies of a message inside this batch share its seq; forward it once.
+        let mut seen = std::collections::BTreeSet::new();
+        let forward: Vec<bool> = items
+            .iter()
+            .map(|it| !it.unit.stored || seen.insert(it.unit.msg.seq))
+            .collect();
+
+        if chat {
+            if let Some(first) = items
+                .iter()
+                .find(|it| it.unit.stored && it.unit.msg.seq == 1)
+            {
+                let m = &first.unit.msg;
+                d.hook
+                    .created(NewConversation {
+                        conversation_id: conv.to_string(),
+                        session_type: m.session_type,
+                        send_id: m.send_id.clone(),
+                        recv_id: m.recv_id.clone(),
+                        group_id: m.group_id.clone(),
+                        operation_id: first.ctx.operation_id.clone(),
+                    })
+                    .await?;
+                Metrics::add(&d.metrics.conversations_created, 1);
+            }
+            let mut top: BTreeMap<&str, i64> = BTreeMap::new();
+            for it in items.iter().filter(|it| it.unit.stored) {
+                let e = top.entry(it.unit.msg.send_id.as_str()).or_insert(0);
+                *e = (*e).max(it.unit.msg.seq);
+            }
+            for (user, seq) in top {
+                if let Err(e) = d.store.raise_read_seq(user, conv, seq).await {
+                    Metrics::add(&d.metrics.seq_set_failed_total, 1);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        // Produce everything in order, then wait for every acknowledgement.
+        let mut acks = Vec::new();
+        let mut mongo_records = 0u64;
+        for rec in self.mongo_records(conv, items, &forward) {
+            acks.push(d.producer.send(rec));
+            mongo_records += 1;
+        }
+        let mut pushes = 0u64;
+        for (it, fwd) in items.iter().zip(&forward) {
+            if !fwd {
+                continue;
+            }
+            let value = PushMsgDataToMq {
+                msg_data: Some(it.unit.msg.clone()),
+                conversation_id: conv.to_string(),
+            }
+            .encode_to_vec();
+            acks.push(d.producer.send(OutRecord {
+                topic: self.cfg.topics.to_push.clone(),
+                key: it.key.clone(),
+                value: Bytes::from(value),
+                headers: it.ctx.to_headers(),
+            }));
+            pushes += 1;
+        }
+        for r in futures::future::join_all(acks).await {
+            r?;
+        }
+        Metrics::add(&d.metrics.mongo_records_produced, mongo_records);
+        Metrics::add(&d.metrics.push_produced, pushes);
+        Ok(())
+    }
+
+    /// `toMongo` records for the stored, forwarded messages: runs of
+    /// contiguous seqs (what OpenIM's persistence checks), each split so the
+    /// record stays under the producer's limit.
+    fn mongo_records(
+        &self,
+        conv: &str,
+        items: &[TransferItem],
+        forward: &[bool],
+    ) -> Vec<OutRecord> {
+        let limit = self
+            .deps
+            .producer
+            .max_record_bytes()
+            .saturating_sub(self.cfg.envelope_margin_bytes)
+            .max(1);
+        let mut out = Vec::new();
+        let mut run: Vec<&TransferItem> = Vec::new();
+        let mut run_bytes = 0usize;
+        let flush = |run: &mut Vec<&TransferItem>, out: &mut Vec<OutRecord>| {
+            if run.is_empty() {
+                return;
+            }
+            let ctx = MsgContext::aggregate(run.iter().map(|it| it.ctx.as_ref()));
+            let value = MsgDataToMongoByMq {
+                last_seq: run[0].unit.msg.seq - 1,
+                conversation_id: conv.to_string(),
+                msg_data: run
+                    .iter()
+                    .map(|it| it.unit.msg.clone())
+                    .collect::<Vec<MsgData>>(),
+            }
+            .encode_to_vec();
+            out.push(OutRecord {
+                topic: self.cfg.topics.to_mongo.clone(),
+                key: run[0].key.clone(),
+                value: Bytes::from(value),
+                headers: ctx.to_headers(),
+            });
+            run.clear();
+        };
+        for (it, fwd) in items.iter().zip(forward) {
+            if !it.unit.stored || !fwd {
+                continue;
+            }
+            let size = it.unit.msg.encoded_len() + 8 + it.ctx.operation_id.len() + 1;
+            let contiguous = run
+                .last()
+                .is_some_and(|prev| prev.unit.msg.seq + 1 == it.unit.msg.seq);
+            if !run.is_empty() && (!contiguous || run_bytes + size > limit) {
+                flush(&mut run, &mut out);
+                run_bytes = 0;
+            }
+            run.push(it);
+            run_bytes += size;
+        }
+        flush(&mut run, &mut out);
+        out
+    }
+
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, mut items: Vec<TransferItem>) {
+        let prep = Self::prepare(&items);
+        let mut retry = Retrier::new(&self.cfg.backoff);
+        loop {
+            match self.attempt(&conv, &mut items, &prep).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        conversation = %conv, error = %e, attempt = retry.attempts + 1,
+                        "transfer batch failed; retrying"
+                    );
+                    Metrics::add(&self.deps.metrics.retries, 1);
+                    retry
+                        .wait(self.deps.clock.as_ref(), self.deps.rng.as_ref())
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> {
+    type Item = TransferItem;
+
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, TransferItem)>, Rejection> {
+        Metrics::add(&self.deps.metrics.records_in, 1);
+        let limit = self
+            .deps
+            .producer
+            .max_record_bytes()
+            .saturating_sub(self.cfg.envelope_margin_bytes);
+        if record.value.len() > limit {
+            return Err(Rejection(format!(
+                "record of {} bytes cannot be forwarded under the {} byte limit",
+                record.value.len(),
+                limit
+            )));
+        }
+        let msg = MsgData::decode(record.value.as_ref())
+            .map_err(|e| Rejection(format!("value is not an sdkws.MsgData: {e}")))?;
+        Metrics::add(&self.deps.metrics.msgs_in, 1);
+        let mut receipt = None;
+        if msg.content_type == content::HAS_READ_RECEIPT {
+            match receipt::parse(&msg.content) {
+                Ok(r) => receipt = r,
+                // OpenIM stores such a message and only skips the read seq.
+                Err(e) => tracing::warn!(
+                    partition = record.partition, offset = record.offset, error = %e,
+                    "read receipt content unusable; message kept, read seq not updated"
+                ),
+            }
+        }
+        let units = categorise(msg).map_err(|e| Rejection(e.to_string()))?;
+        let ctx = Arc::new(MsgContext::from_headers(&record.headers));
+        Ok(units
+            .into_iter()
+            .map(|unit| {
+                let conv: ConvKey = Arc::from(unit.conversation_id.as_str());
+                let item = TransferItem {
+                    unit,
+                    key: record.key.clone(),
+                    ctx: ctx.clone(),
+                    receipt: receipt.take(),
+                };
+                (conv, item)
+            })
+            .collect())
+    }
+
+    fn process(
+        self: Arc<Self>,
+        conversation: ConvKey,
+        items: Vec<TransferItem>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(self.process_batch(conversation, items))
+    }
+}

@@ -1,0 +1,139 @@
+//! Wiring: the two consumer loops over one set of backends.
+//!
+//! `main` (real backends), the demo (embedded backends) and the simulator
+//! (turmoil hosts) all call [`run`]; only the arguments differ.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionLike;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::pipeline::consumer::{self, ConsumerConfig, LoopDeps, LoopError};
+use crate::pipeline::persist::{Persist, PersistDeps};
+use crate::pipeline::transfer::{Transfer, TransferConfig, TransferDeps};
+use crate::ports::{ConversationHook, DocStore, LogConsumer, LogProducer, Rng, SharedClock};
+
+/// Consumer group IDs (OpenIM's defaults from `kafka.yml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Groups {
+    /// Group reading `toRedis`.
+    pub to_redis: String,
+    /// Group reading `toMongo`.
+    pub to_mongo: String,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Self {
+            to_redis: "redis".into(),
+            to_mongo: "mongo".into(),
+        }
+    }
+}
+
+/// Everything tunable about the service.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The transfer stage.
+    pub transfer: TransferConfig,
+    /// The `toRedis` loop.
+    pub transfer_loop: ConsumerConfig,
+    /// The `toMongo` loop.
+    pub persist_loop: ConsumerConfig,
+    /// Consumer groups.
+    pub groups: Groups,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        let transfer = TransferConfig::default();
+        let transfer_loop = ConsumerConfig {
+            dlq_topic: transfer.topics.dlq.clone(),
+            ..ConsumerConfig::default()
+        };
+        let persist_loop = ConsumerConfig {
+            max_batch: 1000,
+            dlq_topic: transfer.topics.dlq.clone(),
+            ..ConsumerConfig::default()
+        };
+        Self {
+            transfer,
+            transfer_loop,
+            persist_loop,
+            groups: Groups::default(),
+        }
+    }
+}
+
+/// The backends one service instance uses.
+pub struct Wiring<C> {
+    /// A Redis connection (cloned per batch).
+    pub redis: C,
+    /// Mongo.
+    pub store: Arc<dyn DocStore>,
+    /// Kafka producer.
+    pub producer: Arc<dyn LogProducer>,
+    /// The conversation service.
+    pub hook: Arc<dyn ConversationHook>,
+    /// Time.
+    pub clock: SharedClock,
+    /// Randomness.
+    pub rng: Arc<dyn Rng>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs both consumer loops until `shutdown` turns true, then drains them.
+pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
+    w: Wiring<C>,
+    transfer_in: Box<dyn LogConsumer>,
+    persist_in: Box<dyn LogConsumer>,
+    cfg: &ServiceConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), LoopError> {
+    let loop_deps = LoopDeps {
+        producer: w.producer.clone(),
+        clock: w.clock.clone(),
+        rng: w.rng.clone(),
+        metrics: w.metrics.clone(),
+    };
+    let transfer = Arc::new(Transfer::new(
+        TransferDeps {
+            redis: w.redis,
+            store: w.store.clone(),
+            producer: w.producer,
+            hook: w.hook,
+            clock: w.clock.clone(),
+            rng: w.rng.clone(),
+            metrics: w.metrics.clone(),
+        },
+        cfg.transfer.clone(),
+    ));
+    let persist = Arc::new(Persist::new(
+        PersistDeps {
+            store: w.store,
+            clock: w.clock,
+            rng: w.rng,
+            metrics: w.metrics,
+        },
+        cfg.transfer.backoff.clone(),
+    ));
+    let (a, b) = tokio::join!(
+        consumer::run(
+            transfer,
+            transfer_in,
+            loop_deps.clone(),
+            cfg.transfer_loop.clone(),
+            shutdown.clone()
+        ),
+        consumer::run(
+            persist,
+            persist_in,
+            loop_deps,
+            cfg.persist_loop.clone(),
+            shutdown
+        ),
+    );
+    a.and(b)
+}
