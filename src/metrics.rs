@@ -59,6 +59,10 @@ counters! {
     commits,
     /// New conversations announced.
     conversations_created,
+    /// Conversation batches completed by the transfer stage.
+    transfer_batches,
+    /// Conversation batches completed by the persistence stage.
+    persist_batches,
 }
 
 impl Metrics {

@@ -119,21 +119,42 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
         },
         cfg.transfer.backoff.clone(),
     ));
-    let (a, b) = tokio::join!(
-        consumer::run(
-            transfer,
-            transfer_in,
-            loop_deps.clone(),
-            cfg.transfer_loop.clone(),
-            shutdown.clone()
-        ),
-        consumer::run(
-            persist,
-            persist_in,
-            loop_deps,
-            cfg.persist_loop.clone(),
-            shutdown
-        ),
-    );
+    // Two tasks, so a multi-threaded runtime runs the stages in parallel.
+    // The guards abort both if this future is dropped (a crash, in the
+    // demo), so no stage outlives its service.
+    let transfer = AbortOnDrop(tokio::spawn(consumer::run(
+        transfer,
+        transfer_in,
+        loop_deps.clone(),
+        cfg.transfer_loop.clone(),
+        shutdown.clone(),
+    )));
+    let persist = AbortOnDrop(tokio::spawn(consumer::run(
+        persist,
+        persist_in,
+        loop_deps,
+        cfg.persist_loop.clone(),
+        shutdown,
+    )));
+    let a = transfer.join().await;
+    let b = persist.join().await;
     a.and(b)
+}
+
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), LoopError>>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<(), LoopError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(LoopError::Task(e.to_string())),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -110,7 +110,12 @@ impl DemoOutcome {
 /// Runs the demo on a two-worker runtime.
 pub fn run(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("DEMO_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()?;
     rt.block_on(run_async(args.clone(), Arc::new(SystemClock::new())))
@@ -391,6 +396,8 @@ pub fn json_line(args: &DemoArgs, o: &DemoOutcome) -> String {
         "p50_ms": (o.p50_ms * 10.0).round() / 10.0,
         "p99_ms": (o.p99_ms * 10.0).round() / 10.0,
         "clean": o.clean(),
+        "transfer_batches": metric("transfer_batches"),
+        "persist_batches": metric("persist_batches"),
     })
     .to_string()
 }

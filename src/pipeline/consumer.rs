@@ -9,6 +9,11 @@
 //! ([`OffsetTracker`]); records that cannot be decoded go whole to the
 //! dead-letter topic first.
 //!
+//! Batching: a conversation runs as soon as `batch_target` items wait, or
+//! when its oldest item has waited `linger`, or at once when the input is
+//! drained — so batches grow under load (fewer Redis round trips per
+//! message) and stay immediate when traffic is light.
+//!
 //! Bounds: at most `max_inflight` batches run at once, at most `max_batch`
 //! items form a batch, and polling pauses while `max_queued` items wait.
 //!
@@ -20,9 +25,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::offsets::OffsetTracker;
 use super::retry::{Backoff, Retrier};
@@ -65,8 +71,13 @@ pub struct ConsumerConfig {
     pub max_poll_records: usize,
     /// How long a poll waits for records.
     pub poll_wait: Duration,
-    /// Items of one conversation per batch.
+    /// Items of one conversation per batch, at most.
     pub max_batch: usize,
+    /// A conversation with this many items waiting runs at once.
+    pub batch_target: usize,
+    /// A conversation with fewer items waits at most this long for more,
+    /// unless the input is drained (then it runs at once).
+    pub linger: Duration,
     /// Batches running at once.
     pub max_inflight: usize,
     /// Items consumed but not done before polling pauses.
@@ -87,6 +98,8 @@ impl Default for ConsumerConfig {
             max_poll_records: 1000,
             poll_wait: Duration::from_millis(50),
             max_batch: 500,
+            batch_target: 100,
+            linger: Duration::from_millis(5),
             max_inflight: 256,
             max_queued: 50_000,
             commit_interval: Duration::from_millis(200),
@@ -179,55 +192,122 @@ async fn produce_until_acked(deps: &LoopDeps, rec: OutRecord, backoff: &Backoff)
     }
 }
 
+/// The queue and state of one conversation.
+struct Conv<I> {
+    /// Waiting items with the time each arrived (µs, monotonic).
+    queue: VecDeque<(Token, u64, I)>,
+    /// A batch of this conversation is running.
+    running: bool,
+    /// Listed in `Loop::waiting`.
+    waiting: bool,
+    /// Listed in `Loop::full`.
+    full: bool,
+}
+
 /// The state of one running loop.
 struct Loop<H: Handler> {
     handler: Arc<H>,
     deps: LoopDeps,
     cfg: ConsumerConfig,
     tracker: OffsetTracker,
-    queues: FxHashMap<ConvKey, VecDeque<(Token, H::Item)>>,
-    running: FxHashSet<ConvKey>,
-    ready: VecDeque<ConvKey>,
+    convs: FxHashMap<ConvKey, Conv<H::Item>>,
+    /// Idle conversations with items, oldest first item first. Entries can
+    /// be stale (the conversation was dispatched from `full` meanwhile);
+    /// the flags in `Conv` say which are current.
+    waiting: VecDeque<ConvKey>,
+    /// Idle conversations with at least `batch_target` items.
+    full: VecDeque<ConvKey>,
     queued: usize,
-    tasks: JoinSet<Done>,
+    /// Running batches and dead-letter produces. They are futures of this
+    /// task, not spawned tasks: no cross-thread wake-ups per batch, a
+    /// deterministic poll order, and dropping the loop drops them all.
+    tasks: FuturesUnordered<BoxFuture<'static, Done>>,
     committed: FxHashMap<i32, i64>,
 }
 
 impl<H: Handler> Loop<H> {
-    fn enqueue(&mut self, conv: ConvKey, token: Token, item: H::Item) {
-        let q = self.queues.entry(conv.clone()).or_default();
-        let was_idle = q.is_empty() && !self.running.contains(&conv);
-        q.push_back((token, item));
+    fn enqueue(&mut self, conv: ConvKey, token: Token, now_us: u64, item: H::Item) {
+        let c = self.convs.entry(conv.clone()).or_insert_with(|| Conv {
+            queue: VecDeque::new(),
+            running: false,
+            waiting: false,
+            full: false,
+        });
+        c.queue.push_back((token, now_us, item));
         self.queued += 1;
-        if was_idle {
-            self.ready.push_back(conv);
+        if c.running {
+            return;
+        }
+        if !c.waiting {
+            c.waiting = true;
+            self.waiting.push_back(conv.clone());
+        }
+        if !c.full && c.queue.len() >= self.cfg.batch_target {
+            c.full = true;
+            self.full.push_back(conv);
         }
     }
 
-    fn dispatch(&mut self) {
-        while self.tasks.len() < self.cfg.max_inflight {
-            let Some(conv) = self.ready.pop_front() else {
-                break;
-            };
-            let Some(q) = self.queues.get_mut(&conv) else {
+    /// The next conversation to run: a full one, else the one waiting
+    /// longest if it waited `linger` (or if `flush`).
+    fn next_ready(&mut self, now_us: u64, flush: bool) -> Option<ConvKey> {
+        while let Some(conv) = self.full.pop_front() {
+            if let Some(c) = self.convs.get_mut(&conv) {
+                c.full = false;
+                if !c.running && !c.queue.is_empty() {
+                    return Some(conv);
+                }
+            }
+        }
+        let linger = self.cfg.linger.as_micros() as u64;
+        while let Some(conv) = self.waiting.front() {
+            let Some(c) = self.convs.get_mut(conv) else {
+                self.waiting.pop_front();
                 continue;
             };
-            let n = q.len().min(self.cfg.max_batch);
-            if n == 0 {
+            if c.running || c.queue.is_empty() || !c.waiting {
+                c.waiting = false;
+                self.waiting.pop_front();
                 continue;
             }
+            let oldest = c.queue.front().map(|(_, t, _)| *t).unwrap_or(now_us);
+            if !flush && now_us.saturating_sub(oldest) < linger {
+                return None;
+            }
+            c.waiting = false;
+            return self.waiting.pop_front();
+        }
+        None
+    }
+
+    /// When the oldest waiting conversation becomes due (µs), if any.
+    fn next_due(&self) -> Option<u64> {
+        let conv = self.waiting.front()?;
+        let oldest = self.convs.get(conv)?.queue.front()?.1;
+        Some(oldest + self.cfg.linger.as_micros() as u64)
+    }
+
+    fn dispatch(&mut self, now_us: u64, flush: bool) {
+        while self.tasks.len() < self.cfg.max_inflight {
+            let Some(conv) = self.next_ready(now_us, flush) else {
+                break;
+            };
+            let Some(c) = self.convs.get_mut(&conv) else {
+                continue;
+            };
+            let n = c.queue.len().min(self.cfg.max_batch);
             let mut tokens = Vec::with_capacity(n);
             let mut items = Vec::with_capacity(n);
-            for (t, it) in q.drain(..n) {
+            for (t, _, it) in c.queue.drain(..n) {
                 tokens.push(t);
                 items.push(it);
             }
-            self.running.insert(conv.clone());
+            c.running = true;
             let handler = self.handler.clone();
-            self.tasks.spawn(async move {
+            self.tasks.push(Box::pin(async move {
                 handler.process(conv.clone(), items).await;
                 Done::Batch(conv, tokens)
-            });
+            }));
         }
     }
 
@@ -238,12 +318,21 @@ impl<H: Handler> Loop<H> {
                 for (p, o) in tokens {
                     self.tracker.done(p, o);
                 }
-                self.running.remove(&conv);
-                match self.queues.get(&conv) {
-                    Some(q) if !q.is_empty() => self.ready.push_back(conv),
-                    _ => {
-                        self.queues.remove(&conv);
-                    }
+                let Some(c) = self.convs.get_mut(&conv) else {
+                    return;
+                };
+                c.running = false;
+                if c.queue.is_empty() {
+                    self.convs.remove(&conv);
+                    return;
+                }
+                if !c.waiting {
+                    c.waiting = true;
+                    self.waiting.push_back(conv.clone());
+                }
+                if !c.full && c.queue.len() >= self.cfg.batch_target {
+                    c.full = true;
+                    self.full.push_back(conv);
                 }
             }
             Done::DeadLetter((p, o)) => {
@@ -253,7 +342,7 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn on_records(&mut self, records: Vec<Record>) {
+    fn on_records(&mut self, records: Vec<Record>, now_us: u64) {
         for rec in records {
             let token = (rec.partition, rec.offset);
             match self.handler.decode(&rec) {
@@ -265,7 +354,7 @@ impl<H: Handler> Loop<H> {
                         continue;
                     }
                     for (conv, item) in units {
-                        self.enqueue(conv, token, item);
+                        self.enqueue(conv, token, now_us, item);
                     }
                 }
                 Err(Rejection(reason)) => {
@@ -280,10 +369,10 @@ impl<H: Handler> Loop<H> {
                         dead_letter(&rec, &reason, &self.cfg.dlq_topic, self.deps.clock.now_ms());
                     let deps = self.deps.clone();
                     let backoff = self.cfg.backoff.clone();
-                    self.tasks.spawn(async move {
+                    self.tasks.push(Box::pin(async move {
                         produce_until_acked(&deps, out, &backoff).await;
                         Done::DeadLetter(token)
-                    });
+                    }));
                 }
             }
         }
@@ -292,10 +381,10 @@ impl<H: Handler> Loop<H> {
     fn on_revoked(&mut self, partitions: &[i32]) {
         self.tracker.revoke(partitions);
         let mut dropped = 0;
-        for q in self.queues.values_mut() {
-            let before = q.len();
-            q.retain(|((p, _), _)| !partitions.contains(p));
-            dropped += before - q.len();
+        for c in self.convs.values_mut() {
+            let before = c.queue.len();
+            c.queue.retain(|((p, _), _, _)| !partitions.contains(p));
+            dropped += before - c.queue.len();
         }
         self.queued -= dropped;
         for p in partitions {
@@ -343,11 +432,11 @@ pub async fn run<H: Handler>(
         deps: deps.clone(),
         cfg: cfg.clone(),
         tracker: OffsetTracker::new(),
-        queues: FxHashMap::default(),
-        running: FxHashSet::default(),
-        ready: VecDeque::new(),
+        convs: FxHashMap::default(),
+        waiting: VecDeque::new(),
+        full: VecDeque::new(),
         queued: 0,
-        tasks: JoinSet::new(),
+        tasks: FuturesUnordered::new(),
         committed: FxHashMap::default(),
     };
     let mut draining = *shutdown.borrow();
@@ -355,28 +444,30 @@ pub async fn run<H: Handler>(
     let commit_every_us = cfg.commit_interval.as_micros() as u64;
     let mut last_commit = clock.monotonic_us();
     let mut drain_deadline = draining.then(|| clock.sleep(cfg.drain_timeout));
+    // Whether the last poll found the input drained: then waiting
+    // conversations run at once instead of lingering for a fuller batch.
+    let mut input_idle = false;
 
     loop {
+        let now = clock.monotonic_us();
+        let may_poll = !draining && lp.queued < cfg.max_queued;
         if !draining {
-            lp.dispatch();
+            lp.dispatch(now, input_idle || !may_poll);
         }
         if draining && lp.tasks.is_empty() {
             break;
         }
-        let may_poll = !draining && lp.queued < cfg.max_queued;
+        // Wake up when a lingering conversation becomes due.
+        let due = (!draining && lp.tasks.len() < cfg.max_inflight)
+            .then(|| lp.next_due())
+            .flatten()
+            .map(|t| Duration::from_micros(t.saturating_sub(now).max(1)));
         tokio::select! {
             biased;
-            joined = lp.tasks.join_next(), if !lp.tasks.is_empty() => {
-                match joined {
-                    Some(Ok(done)) => lp.on_done(done),
-                    Some(Err(e)) if e.is_cancelled() => {}
-                    Some(Err(e)) => return Err(LoopError::Task(e.to_string())),
-                    None => {}
-                }
-            }
+            Some(done) = lp.tasks.next(), if !lp.tasks.is_empty() => lp.on_done(done),
             _ = async { drain_deadline.as_mut().expect("guarded").await }, if drain_deadline.is_some() => {
                 tracing::warn!(running = lp.tasks.len(), "drain timed out; abandoning running batches (they stay uncommitted)");
-                lp.tasks.abort_all();
+                lp.tasks.clear();
                 break;
             }
             changed = shutdown.changed(), if !draining => {
@@ -385,11 +476,13 @@ pub async fn run<H: Handler>(
                     drain_deadline = Some(clock.sleep(cfg.drain_timeout));
                 }
             }
+            _ = async { clock.sleep(due.unwrap_or_default()).await }, if due.is_some() => {}
             polled = consumer.poll(cfg.max_poll_records, cfg.poll_wait), if may_poll => {
                 match polled {
                     Ok(ConsumerEvent::Records(recs)) => {
                         poll_retry = Retrier::new(&cfg.backoff);
-                        lp.on_records(recs);
+                        input_idle = false;
+                        lp.on_records(recs, clock.monotonic_us());
                     }
                     Ok(ConsumerEvent::Assigned(parts)) => {
                         tracing::info!(?parts, "partitions assigned");
@@ -399,7 +492,7 @@ pub async fn run<H: Handler>(
                         lp.commit(consumer.as_mut()).await;
                         lp.on_revoked(&parts);
                     }
-                    Ok(ConsumerEvent::Idle) => {}
+                    Ok(ConsumerEvent::Idle) => input_idle = true,
                     Err(LogError::Closed) => {
                         draining = true;
                         drain_deadline = Some(clock.sleep(cfg.drain_timeout));

@@ -54,6 +54,7 @@ impl Persist {
                 .or_default()
                 .insert(bucket::slot(m.seq), MsgDataModel::from_msg(m));
         }
+        Metrics::add(&self.deps.metrics.persist_batches, 1);
         for (index, slots) in buckets {
             let doc_id = format!("{conv}:{index}");
             let writes: Vec<_> = slots.into_iter().collect();

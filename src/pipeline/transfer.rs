@@ -387,7 +387,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let mut retry = Retrier::new(&self.cfg.backoff);
         loop {
             match self.attempt(&conv, &mut items, &prep).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    Metrics::add(&self.deps.metrics.transfer_batches, 1);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(
                         conversation = %conv, error = %e, attempt = retry.attempts + 1,
