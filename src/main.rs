@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// The pipeline allocates many short-lived buffers per message; mimalloc
+// handles that pattern markedly better than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use msgtransfer::demo::{self, DemoArgs};
 
@@ -39,6 +44,9 @@ enum Command {
         /// Uncommitted input records the producer allows before waiting.
         #[arg(long, default_value_t = 50_000)]
         window: u64,
+        /// Transfer loops (consumer-group members) in the service.
+        #[arg(long, default_value_t = 2)]
+        transfer_loops: usize,
         /// Print one JSON line with the figures at the end.
         #[arg(long)]
         json: bool,
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
             crash_every,
             partitions,
             window,
+            transfer_loops,
             json,
             no_progress,
         } => {
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
                 progress: !no_progress,
                 partitions,
                 window,
+                transfer_loops,
             };
             match demo::run(&args) {
                 Ok(outcome) => {

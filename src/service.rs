@@ -84,10 +84,15 @@ pub struct Wiring<C> {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs both consumer loops until `shutdown` turns true, then drains them.
+/// Runs the consumer loops until `shutdown` turns true, then drains them.
+///
+/// `transfer_in` holds one consumer per transfer loop: each is a member of
+/// the `toRedis` group and works on the partitions the group gives it, so
+/// several loops spread the transfer stage over cores (and over processes,
+/// exactly the same way). `persist_in` feeds the persistence loop.
 pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
     w: Wiring<C>,
-    transfer_in: Box<dyn LogConsumer>,
+    transfer_in: Vec<Box<dyn LogConsumer>>,
     persist_in: Box<dyn LogConsumer>,
     cfg: &ServiceConfig,
     shutdown: watch::Receiver<bool>,
@@ -119,26 +124,36 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
         },
         cfg.transfer.backoff.clone(),
     ));
-    // Two tasks, so a multi-threaded runtime runs the stages in parallel.
-    // The guards abort both if this future is dropped (a crash, in the
-    // demo), so no stage outlives its service.
-    let transfer = AbortOnDrop(tokio::spawn(consumer::run(
-        transfer,
-        transfer_in,
-        loop_deps.clone(),
-        cfg.transfer_loop.clone(),
-        shutdown.clone(),
-    )));
-    let persist = AbortOnDrop(tokio::spawn(consumer::run(
+    // One task per loop, so a multi-threaded runtime runs them in parallel.
+    // The guards abort every loop if this future is dropped (a crash, in
+    // the demo), so no loop outlives its service.
+    let mut loops: Vec<AbortOnDrop> = transfer_in
+        .into_iter()
+        .map(|input| {
+            AbortOnDrop(tokio::spawn(consumer::run(
+                transfer.clone(),
+                input,
+                loop_deps.clone(),
+                cfg.transfer_loop.clone(),
+                shutdown.clone(),
+            )))
+        })
+        .collect();
+    loops.push(AbortOnDrop(tokio::spawn(consumer::run(
         persist,
         persist_in,
         loop_deps,
         cfg.persist_loop.clone(),
         shutdown,
-    )));
-    let a = transfer.join().await;
-    let b = persist.join().await;
-    a.and(b)
+    ))));
+    let mut result = Ok(());
+    for l in loops {
+        let r = l.join().await;
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
 }
 
 /// A task handle that aborts its task when dropped.

@@ -53,6 +53,8 @@ pub struct DemoArgs {
     pub partitions: i32,
     /// Uncommitted input records the producer allows.
     pub window: u64,
+    /// Transfer loops (members of the `toRedis` group) in the service.
+    pub transfer_loops: usize,
 }
 
 impl Default for DemoArgs {
@@ -67,6 +69,7 @@ impl Default for DemoArgs {
             progress: true,
             partitions: 8,
             window: 50_000,
+            transfer_loops: 2,
         }
     }
 }
@@ -221,7 +224,12 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
             rng: Arc::new(SeededRng::new(args.seed.wrapping_add(restarts))),
             metrics: metrics.clone(),
         };
-        let transfer_in = Box::new(log.consumer(&cfg.groups.to_redis, &topics.to_redis));
+        let transfer_in: Vec<Box<dyn crate::ports::LogConsumer>> = (0..args.transfer_loops.max(1))
+            .map(|_| {
+                Box::new(log.consumer(&cfg.groups.to_redis, &topics.to_redis))
+                    as Box<dyn crate::ports::LogConsumer>
+            })
+            .collect();
         let persist_in = Box::new(log.consumer(&cfg.groups.to_mongo, &topics.to_mongo));
         let instance_cfg = cfg.clone();
         let mut handle = tokio::spawn(async move {

@@ -3,11 +3,14 @@
 //! Topics are created on first use with a fixed partition count. Producers
 //! pick the partition the way OpenIM's sarama producer does (FNV-1a of the
 //! key), so per-key order holds exactly as in production. Each consumer group
-//! keeps committed offsets per partition; a consumer that joins a group is
-//! assigned every partition, fences out the previous member (whose later
-//! polls report a revocation and whose commits are refused), and resumes at
-//! the committed offsets — so anything not committed is delivered again, just
-//! as after a crash in Kafka.
+//! keeps committed offsets per partition and a generation. Whenever a member
+//! joins or leaves (a dropped consumer leaves, as after a crash once its
+//! session expires), the generation moves on and the partitions are split
+//! again over the members by range; every member's next poll reports the
+//! revocation of what it had, the one after reports its new assignment, and
+//! delivery resumes at the committed offsets — so anything not committed is
+//! delivered again, just as in Kafka. Commits from an old generation, or for
+//! partitions a member does not own, are refused.
 //!
 //! Everything is deterministic given the order of calls. Acknowledgements
 //! are immediate unless a [`FaultPlan`](super::FaultPlan) says otherwise.
@@ -38,11 +41,35 @@ pub fn sarama_partition(key: &[u8], partitions: i32) -> i32 {
     if p < 0 { -p } else { p }
 }
 
+/// Membership of one group on one topic.
+#[derive(Default)]
+struct Membership {
+    /// Bumped on every join and leave.
+    generation: u64,
+    /// Member → partitions it owns in this generation.
+    assignment: BTreeMap<u64, Vec<i32>>,
+}
+
+impl Membership {
+    /// Splits `partitions` over the members by range, in member order.
+    fn rebalance(&mut self, partitions: i32) {
+        self.generation += 1;
+        let members: Vec<u64> = self.assignment.keys().copied().collect();
+        let n = members.len().max(1) as i32;
+        for (i, m) in members.iter().enumerate() {
+            let i = i as i32;
+            let (per, extra) = (partitions / n, partitions % n);
+            let start = i * per + i.min(extra);
+            let len = per + i32::from(i < extra);
+            self.assignment.insert(*m, (start..start + len).collect());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Group {
     committed: BTreeMap<(Arc<str>, i32), i64>,
-    /// The member currently owning the group's partitions, per topic.
-    owner: BTreeMap<Arc<str>, u64>,
+    members: BTreeMap<Arc<str>, Membership>,
 }
 
 struct State {
@@ -135,18 +162,32 @@ impl EmbeddedLog {
         Ok(Delivered { partition, offset })
     }
 
-    /// A new member of `group` reading `topic`. It takes over every partition
-    /// from the previous member, if any.
+    /// A new member of `group` reading `topic`. Joining rebalances the
+    /// group; dropping the consumer leaves it.
     pub fn consumer(&self, group: &str, topic: &str) -> EmbeddedConsumer {
         let mut st = self.state.lock();
         let id = st.next_member;
         st.next_member += 1;
+        let partitions = st.partitions;
+        let topic: Arc<str> = Arc::from(topic);
+        let m = st
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .members
+            .entry(topic.clone())
+            .or_default();
+        m.assignment.insert(id, Vec::new());
+        m.rebalance(partitions);
         EmbeddedConsumer {
             log: self.clone(),
             group: group.to_string(),
-            topic: Arc::from(topic),
+            topic,
             member: id,
-            positions: None,
+            generation: 0,
+            owned: Vec::new(),
+            revoking: Vec::new(),
+            positions: BTreeMap::new(),
         }
     }
 
@@ -231,58 +272,81 @@ pub struct EmbeddedConsumer {
     group: String,
     topic: Arc<str>,
     member: u64,
-    /// Next offset to hand out per partition; `None` until assigned.
-    positions: Option<Vec<i64>>,
+    /// The generation our assignment belongs to (0: none yet).
+    generation: u64,
+    /// Partitions we own in `generation`.
+    owned: Vec<i32>,
+    /// Partitions just revoked: like Kafka's revocation callback, we may
+    /// still commit them until our next poll.
+    revoking: Vec<i32>,
+    /// Next offset to hand out per owned partition.
+    positions: BTreeMap<i32, i64>,
 }
 
 impl EmbeddedConsumer {
     /// Takes whatever is available right now, or an assignment/revocation.
     fn take(&mut self, max: usize) -> Option<ConsumerEvent> {
         let mut st = self.log.state.lock();
-        let partitions = st.partitions;
         st.topic(&self.topic);
         let group = st.groups.entry(self.group.clone()).or_default();
-        let owner = group.owner.get(&self.topic).copied();
-        match (&self.positions, owner) {
-            (None, _) => {
-                group.owner.insert(self.topic.clone(), self.member);
-                let positions = (0..partitions)
-                    .map(|p| {
-                        group
-                            .committed
-                            .get(&(self.topic.clone(), p))
-                            .copied()
-                            .unwrap_or(0)
-                    })
-                    .collect();
-                self.positions = Some(positions);
-                return Some(ConsumerEvent::Assigned((0..partitions).collect()));
+        let m = group.members.entry(self.topic.clone()).or_default();
+        self.revoking.clear();
+        if m.generation != self.generation {
+            if !self.owned.is_empty() {
+                // First give up what we had; the new assignment comes next.
+                let revoked = std::mem::take(&mut self.owned);
+                self.revoking = revoked.clone();
+                self.positions.clear();
+                return Some(ConsumerEvent::Revoked(revoked));
             }
-            (Some(_), Some(o)) if o != self.member => {
-                self.positions = None;
-                // Fenced out: from now on this member owns nothing.
-                self.member = u64::MAX;
-                return Some(ConsumerEvent::Revoked((0..partitions).collect()));
-            }
-            _ => {}
+            self.generation = m.generation;
+            self.owned = m.assignment.get(&self.member).cloned().unwrap_or_default();
+            self.positions = self
+                .owned
+                .iter()
+                .map(|p| {
+                    let at = group
+                        .committed
+                        .get(&(self.topic.clone(), *p))
+                        .copied()
+                        .unwrap_or(0);
+                    (*p, at)
+                })
+                .collect();
+            return Some(ConsumerEvent::Assigned(self.owned.clone()));
         }
         let parts = st.topics.get(&self.topic)?;
-        let positions = self.positions.as_mut()?;
         let mut out = Vec::new();
         // Share `max` across partitions so none starves.
-        let per_partition = (max / parts.len().max(1)).max(1);
-        for (p, log) in parts.iter().enumerate() {
-            let from = positions[p] as usize;
+        let per_partition = (max / self.positions.len().max(1)).max(1);
+        for (p, pos) in self.positions.iter_mut() {
+            let log = &parts[*p as usize];
+            let from = *pos as usize;
             let to = log.len().min(from + per_partition);
             if from < to {
                 out.extend_from_slice(&log[from..to]);
-                positions[p] = to as i64;
+                *pos = to as i64;
             }
             if out.len() >= max {
                 break;
             }
         }
         (!out.is_empty()).then_some(ConsumerEvent::Records(out))
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        let mut st = self.log.state.lock();
+        let partitions = st.partitions;
+        if let Some(m) = st
+            .groups
+            .get_mut(&self.group)
+            .and_then(|g| g.members.get_mut(&self.topic))
+            && m.assignment.remove(&self.member).is_some()
+        {
+            m.rebalance(partitions);
+        }
     }
 }
 
@@ -293,9 +357,6 @@ impl LogConsumer for EmbeddedConsumer {
         wait: Duration,
     ) -> BoxFuture<'_, Result<ConsumerEvent, LogError>> {
         Box::pin(async move {
-            if self.member == u64::MAX {
-                return Err(LogError::Closed);
-            }
             let arrivals = self.log.arrivals.clone();
             let notified = arrivals.notified();
             tokio::pin!(notified);
@@ -318,10 +379,18 @@ impl LogConsumer for EmbeddedConsumer {
         let result = (|| {
             let mut st = self.log.state.lock();
             let group = st.groups.entry(self.group.clone()).or_default();
-            if group.owner.get(&self.topic).copied() != Some(self.member) {
-                return Err(LogError::Refused(
-                    "not the owner of these partitions".into(),
-                ));
+            let current = group
+                .members
+                .get(&self.topic)
+                .map(|m| m.generation)
+                .unwrap_or(0);
+            let ours = |p: &i32| {
+                (current == self.generation && self.owned.contains(p)) || self.revoking.contains(p)
+            };
+            if let Some((p, _)) = offsets.iter().find(|(p, _)| !ours(p)) {
+                return Err(LogError::Refused(format!(
+                    "partition {p} is not ours in generation {current}"
+                )));
             }
             for (p, off) in offsets {
                 let e = group.committed.entry((self.topic.clone(), p)).or_insert(0);
@@ -393,19 +462,46 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_new_member_fences_the_old_one() {
+    async fn members_split_partitions_and_rebalance_on_join_and_leave() {
         let log = log();
-        log.append(rec("k", "v")).unwrap();
         let mut c1 = log.consumer("g", "t");
-        c1.poll(10, Duration::ZERO).await.unwrap();
-        let mut c2 = log.consumer("g", "t");
-        c2.poll(10, Duration::ZERO).await.unwrap();
-        assert!(matches!(
+        assert_eq!(
             c1.poll(10, Duration::ZERO).await.unwrap(),
-            ConsumerEvent::Revoked(_)
-        ));
-        assert!(c1.commit(vec![(0, 1)]).await.is_err());
-        assert!(c2.commit(vec![(0, 1)]).await.is_ok());
+            ConsumerEvent::Assigned(vec![0, 1, 2, 3])
+        );
+        let mut c2 = log.consumer("g", "t");
+        // c1 learns of the new generation: first a revocation...
+        assert_eq!(
+            c1.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Revoked(vec![0, 1, 2, 3])
+        );
+        assert!(
+            c1.commit(vec![(3, 1)]).await.is_ok(),
+            "a revoked partition may be committed until the next poll"
+        );
+        // ...then its share.
+        assert_eq!(
+            c1.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Assigned(vec![0, 1])
+        );
+        assert_eq!(
+            c2.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Assigned(vec![2, 3])
+        );
+        assert!(
+            c1.commit(vec![(2, 1)]).await.is_err(),
+            "not c1's partition any more"
+        );
+        assert!(c2.commit(vec![(2, 1)]).await.is_ok());
+        drop(c2);
+        assert_eq!(
+            c1.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Revoked(vec![0, 1])
+        );
+        assert_eq!(
+            c1.poll(10, Duration::ZERO).await.unwrap(),
+            ConsumerEvent::Assigned(vec![0, 1, 2, 3])
+        );
     }
 
     #[test]
