@@ -100,6 +100,8 @@ fn main() -> ExitCode {
                 partitions,
                 window,
                 transfer_loops,
+                crash_at: Vec::new(),
+                faults: None,
             };
             match demo::run(&args) {
                 Ok(outcome) => {

@@ -25,11 +25,12 @@ use crate::check::{self, Report};
 use crate::embedded::history;
 use crate::embedded::hook::EmbeddedHook;
 use crate::embedded::log::EmbeddedLog;
-use crate::embedded::redis::{EmbeddedRedis, shared_engine};
+use crate::embedded::redis::{EmbeddedRedis, FaultHook, FaultKind, shared_engine};
 use crate::embedded::store::EmbeddedStore;
+use crate::embedded::{Fault, FaultPlan};
 use crate::metrics::Metrics;
 use crate::ports::clock::SystemClock;
-use crate::ports::{SeededRng, SharedClock};
+use crate::ports::{ConsumerEvent, LogConsumer, SeededRng, SharedClock};
 use crate::service::{self, ServiceConfig, Wiring};
 
 /// Options of a demo run.
@@ -55,6 +56,22 @@ pub struct DemoArgs {
     pub window: u64,
     /// Transfer loops (members of the `toRedis` group) in the service.
     pub transfer_loops: usize,
+    /// Also kill the service when the total of input records consumed
+    /// reaches each of these (ascending), independent of `crash_every`.
+    pub crash_at: Vec<u64>,
+    /// Failure rates injected into the embedded backends, if any.
+    pub faults: Option<FaultRates>,
+}
+
+/// Failure probabilities per operation for the embedded backends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultRates {
+    /// Produces whose acknowledgement is lost (the record is appended).
+    pub produce: f64,
+    /// Store operations lost before or after doing their work.
+    pub store: f64,
+    /// Redis commands lost before or after running.
+    pub redis: f64,
 }
 
 impl Default for DemoArgs {
@@ -70,6 +87,8 @@ impl Default for DemoArgs {
             partitions: 8,
             window: 50_000,
             transfer_loops: 2,
+            crash_at: Vec::new(),
+            faults: None,
         }
     }
 }
@@ -107,6 +126,75 @@ impl DemoOutcome {
     /// Whether the checker found nothing.
     pub fn clean(&self) -> bool {
         self.report.anomalies() == 0 && self.misplaced == 0
+    }
+}
+
+/// Decides when the embedded service is killed: it counts the input records
+/// handed to the service and, at the armed threshold, stops handing out
+/// more and fires, so the kill lands at an exact point in the input.
+#[derive(Debug)]
+struct CrashSwitch {
+    consumed: AtomicU64,
+    threshold: AtomicU64,
+    fired: tokio::sync::Notify,
+}
+
+impl Default for CrashSwitch {
+    fn default() -> Self {
+        Self {
+            consumed: AtomicU64::new(0),
+            threshold: AtomicU64::new(u64::MAX),
+            fired: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl CrashSwitch {
+    fn tripped(&self) -> bool {
+        self.consumed.load(Ordering::SeqCst) >= self.threshold.load(Ordering::SeqCst)
+    }
+}
+
+/// A `toRedis` consumer that obeys a [`CrashSwitch`].
+struct CrashingConsumer {
+    inner: crate::embedded::log::EmbeddedConsumer,
+    switch: Arc<CrashSwitch>,
+}
+
+impl LogConsumer for CrashingConsumer {
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> crate::ports::BoxFuture<'_, Result<ConsumerEvent, crate::ports::LogError>> {
+        Box::pin(async move {
+            let sw = self.switch.clone();
+            if sw.tripped() {
+                // About to be killed: nothing more comes in.
+                std::future::pending::<()>().await;
+            }
+            let ev = self.inner.poll(max, wait).await?;
+            let ConsumerEvent::Records(mut recs) = ev else {
+                return Ok(ev);
+            };
+            let room = sw
+                .threshold
+                .load(Ordering::SeqCst)
+                .saturating_sub(sw.consumed.load(Ordering::SeqCst));
+            recs.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+            sw.consumed.fetch_add(recs.len() as u64, Ordering::SeqCst);
+            if sw.tripped() {
+                sw.fired.notify_one();
+            }
+            Ok(ConsumerEvent::Records(recs))
+        })
+    }
+
+    fn commit(
+        &mut self,
+        offsets: Vec<(i32, i64)>,
+    ) -> crate::ports::BoxFuture<'_, Result<(), crate::ports::LogError>> {
+        self.inner.commit(offsets)
     }
 }
 
@@ -158,9 +246,17 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     let n = args.messages as usize;
     let produced_us: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let persisted_us: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let log = EmbeddedLog::new(args.partitions, 1_000_000, clock.clone());
+    let plan = args.faults.map(|f| {
+        Arc::new(FaultPlan::new(
+            args.seed ^ 0x5eed,
+            f.produce,
+            f.store,
+            f.redis,
+        ))
+    });
+    let mut log = EmbeddedLog::new(args.partitions, 1_000_000, clock.clone());
     let engine = shared_engine(args.seed);
-    let store = {
+    let mut store = {
         let persisted_us = persisted_us.clone();
         let clock = clock.clone();
         EmbeddedStore::new().with_observer(Box::new(move |_doc, m| {
@@ -176,6 +272,18 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
             }
         }))
     };
+    let redis_faults: Option<FaultHook> = plan.clone().map(|plan| {
+        Arc::new(move |_cmd: &[u8]| {
+            plan.redis().map(|f| match f {
+                Fault::Before => FaultKind::ErrorBeforeExecute,
+                Fault::After => FaultKind::ErrorAfterExecute,
+            })
+        }) as FaultHook
+    });
+    if let Some(plan) = &plan {
+        log = log.with_faults(plan.clone());
+        store = store.with_faults(plan.clone());
+    }
     let hook = EmbeddedHook::default();
     let metrics = Arc::new(Metrics::default());
 
@@ -210,13 +318,20 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     };
 
     let total_records = args.messages + work.duplicates;
+    let mut crash_at = args.crash_at.clone();
+    crash_at.sort_unstable();
+    let switch = Arc::new(CrashSwitch::default());
     let mut restarts = 0u64;
     let mut last_progress = clock.monotonic_us();
     let end_us;
     'service: loop {
         let (tx, rx) = watch::channel(false);
+        let mut redis = EmbeddedRedis::new(engine.clone(), clock.clone());
+        if let Some(hook) = &redis_faults {
+            redis = redis.with_fault_hook(hook.clone());
+        }
         let wiring = Wiring {
-            redis: EmbeddedRedis::new(engine.clone(), clock.clone()),
+            redis,
             store: Arc::new(store.clone()),
             producer: Arc::new(log.producer()),
             hook: Arc::new(hook.clone()),
@@ -224,10 +339,23 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
             rng: Arc::new(SeededRng::new(args.seed.wrapping_add(restarts))),
             metrics: metrics.clone(),
         };
-        let transfer_in: Vec<Box<dyn crate::ports::LogConsumer>> = (0..args.transfer_loops.max(1))
+        // Arm the crash switch for this instance: the next scheduled point,
+        // or `crash_every` more records, whichever comes first.
+        let consumed = switch.consumed.load(Ordering::SeqCst);
+        while crash_at.first().is_some_and(|at| *at <= consumed) {
+            crash_at.remove(0);
+        }
+        let mut threshold = crash_at.first().copied().unwrap_or(u64::MAX);
+        if args.crash_every > 0 {
+            threshold = threshold.min(consumed + args.crash_every);
+        }
+        switch.threshold.store(threshold, Ordering::SeqCst);
+        let transfer_in: Vec<Box<dyn LogConsumer>> = (0..args.transfer_loops.max(1))
             .map(|_| {
-                Box::new(log.consumer(&cfg.groups.to_redis, &topics.to_redis))
-                    as Box<dyn crate::ports::LogConsumer>
+                Box::new(CrashingConsumer {
+                    inner: log.consumer(&cfg.groups.to_redis, &topics.to_redis),
+                    switch: switch.clone(),
+                }) as Box<dyn LogConsumer>
             })
             .collect();
         let persist_in = Box::new(log.consumer(&cfg.groups.to_mongo, &topics.to_mongo));
@@ -235,14 +363,21 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         let mut handle = tokio::spawn(async move {
             service::run(wiring, transfer_in, persist_in, &instance_cfg, rx).await
         });
-        let base = Metrics::get(&metrics.records_in);
         loop {
             tokio::select! {
                 res = &mut handle => {
                     res??;
                     anyhow::bail!("the service stopped on its own");
                 }
+                _ = switch.fired.notified() => {}
                 _ = clock.sleep(Duration::from_millis(5)) => {}
+            }
+            if switch.tripped() {
+                // Kill: in-flight batches and uncommitted offsets are lost.
+                handle.abort();
+                let _ = handle.await;
+                restarts += 1;
+                continue 'service;
             }
             let now = clock.monotonic_us();
             if args.progress && now - last_progress >= 1_000_000 {
@@ -265,13 +400,6 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
                 let _ = tx.send(true);
                 handle.await??;
                 break 'service;
-            }
-            if args.crash_every > 0 && Metrics::get(&metrics.records_in) - base >= args.crash_every
-            {
-                handle.abort();
-                let _ = handle.await;
-                restarts += 1;
-                continue 'service;
             }
         }
     }

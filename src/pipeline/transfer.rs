@@ -17,14 +17,17 @@
 //!    size limit) and then one `toPush` record per message are produced, and
 //!    every acknowledgement is awaited.
 //!
-//! Any failure retries the whole batch after a backoff. Every step is
-//! idempotent — the assign script hands redelivered messages their first seq
-//! back, Mongo writes are max-only or slot overwrites, produces are
-//! at-least-once — so a retry (or a redelivery after a crash) repeats effects
-//! with the same seqs and never invents new ones.
+//! A failed step is retried after a backoff until it succeeds (a failed
+//! produce re-sends just the failed records). Every step is idempotent — the
+//! assign script hands redelivered messages their first seq back, Mongo
+//! writes are max-only or slot overwrites, produces are at-least-once — so a
+//! retry (or a redelivery after a crash) repeats effects with the same seqs
+//! and never invents new ones.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use prost::Message;
@@ -141,19 +144,6 @@ impl<C> Transfer<C> {
     }
 }
 
-/// Why one attempt at a batch failed (always retried).
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error(transparent)]
-    Cache(#[from] cache::CacheError),
-    #[error(transparent)]
-    Store(#[from] crate::ports::StoreError),
-    #[error(transparent)]
-    Hook(#[from] crate::ports::hook::HookError),
-    #[error(transparent)]
-    Log(#[from] crate::ports::LogError),
-}
-
 /// Stored messages of a batch, prepared once and reused across retries.
 struct Prepared {
     /// Indices of stored items, in order.
@@ -187,69 +177,143 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
     }
 
-    async fn attempt(
+    /// Runs `op` until it succeeds, backing off between failures, counting
+    /// each failure in `failed` (if given) and in `retries`.
+    async fn until_ok<T, E, F, Fut>(
         &self,
+        what: &str,
         conv: &str,
-        items: &mut [TransferItem],
-        prep: &Prepared,
-    ) -> Result<(), AttemptError> {
-        let d = &self.deps;
-        for ((user, rconv), seq) in &prep.receipts {
-            if let Err(e) = d.store.raise_read_seq(user, rconv, *seq).await {
-                Metrics::add(&d.metrics.seq_set_failed_total, 1);
-                return Err(e.into());
+        failed: Option<&AtomicU64>,
+        mut op: F,
+    ) -> T
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut retry = Retrier::new(&self.cfg.backoff);
+        loop {
+            match op().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    if let Some(c) = failed {
+                        Metrics::add(c, 1);
+                    }
+                    Metrics::add(&self.deps.metrics.retries, 1);
+                    tracing::warn!(
+                        conversation = %conv, step = what, error = %e,
+                        attempt = retry.attempts + 1, "transfer step failed; retrying"
+                    );
+                    retry
+                        .wait(self.deps.clock.as_ref(), self.deps.rng.as_ref())
+                        .await;
+                }
             }
         }
+    }
 
-        // Seqs, cache and Redis read seqs, one script call per chunk.
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, mut items: Vec<TransferItem>) {
+        let prep = Self::prepare(&items);
+        let d = &self.deps;
+        let m = &d.metrics;
+        let cache_cfg = &self.cfg.cache;
+
+        for ((user, rconv), seq) in &prep.receipts {
+            self.until_ok(
+                "receipt read seq",
+                &conv,
+                Some(&m.seq_set_failed_total),
+                || d.store.raise_read_seq(user, rconv, *seq),
+            )
+            .await;
+        }
+
+        // Seqs, cache and Redis read seqs, one script call per chunk. A
+        // retry after an unknown outcome gets the same seqs back (dedup).
         let chat = items.first().is_some_and(|it| it.unit.chat);
-        let mut redis = d.redis.clone();
-        for (chunk_idx, json_chunk) in prep
-            .stored
-            .chunks(self.cfg.assign_chunk.max(1))
-            .zip(prep.json.chunks(self.cfg.assign_chunk.max(1)))
-        {
+        let chunk = self.cfg.assign_chunk.max(1);
+        for (chunk_idx, json_chunk) in prep.stored.chunks(chunk).zip(prep.json.chunks(chunk)) {
             let assign_items: Vec<AssignItem<'_>> = chunk_idx
                 .iter()
                 .zip(json_chunk)
                 .map(|(i, (pre, suf))| {
-                    let m = &items[*i].unit.msg;
+                    let msg = &items[*i].unit.msg;
                     AssignItem {
-                        client_msg_id: &m.client_msg_id,
-                        sender: chat.then_some(m.send_id.as_str()),
+                        client_msg_id: &msg.client_msg_id,
+                        sender: chat.then_some(msg.send_id.as_str()),
                         json_prefix: pre,
                         json_suffix: suf,
                     }
                 })
                 .collect();
-            let assigned = match cache::assign(
-                &mut redis,
-                d.store.as_ref(),
-                d.clock.as_ref(),
-                d.rng.as_ref(),
-                &self.cfg.cache,
-                conv,
-                &assign_items,
-            )
-            .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    Metrics::add(&d.metrics.msg_insert_redis_failed_total, 1);
-                    return Err(e.into());
-                }
-            };
+            let assigned = self
+                .until_ok(
+                    "assign",
+                    &conv,
+                    Some(&m.msg_insert_redis_failed_total),
+                    || {
+                        let mut redis = d.redis.clone();
+                        let assign_items = &assign_items;
+                        let conv = &conv;
+                        async move {
+                            cache::assign(
+                                &mut redis,
+                                d.store.as_ref(),
+                                d.clock.as_ref(),
+                                d.rng.as_ref(),
+                                cache_cfg,
+                                conv,
+                                assign_items,
+                            )
+                            .await
+                        }
+                    },
+                )
+                .await;
             drop(assign_items);
             for (i, seq) in chunk_idx.iter().zip(&assigned.seqs) {
                 items[*i].unit.msg.seq = *seq;
             }
             let hits = assigned.hits.iter().filter(|h| **h).count() as u64;
-            Metrics::add(&d.metrics.msgs_stored, chunk_idx.len() as u64);
-            Metrics::add(&d.metrics.dedup_hits, hits);
-            Metrics::add(
-                &d.metrics.msg_insert_redis_success_total,
-                chunk_idx.len() as u64,
-            );
+            Metrics::add(&m.msgs_stored, chunk_idx.len() as u64);
+            Metrics::add(&m.dedup_hits, hits);
+            Metrics::add(&m.msg_insert_redis_success_total, chunk_idx.len() as u64);
+        }
+
+        if chat {
+            if let Some(first) = items
+                .iter()
+                .find(|it| it.unit.stored && it.unit.msg.seq == 1)
+            {
+                let msg = &first.unit.msg;
+                let announce = NewConversation {
+                    conversation_id: conv.to_string(),
+                    session_type: msg.session_type,
+                    send_id: msg.send_id.clone(),
+                    recv_id: msg.recv_id.clone(),
+                    group_id: msg.group_id.clone(),
+                    operation_id: first.ctx.operation_id.clone(),
+                };
+                self.until_ok("new conversation", &conv, None, || {
+                    d.hook.created(announce.clone())
+                })
+                .await;
+                Metrics::add(&m.conversations_created, 1);
+            }
+            let mut top: BTreeMap<&str, i64> = BTreeMap::new();
+            for it in items.iter().filter(|it| it.unit.stored) {
+                let e = top.entry(it.unit.msg.send_id.as_str()).or_insert(0);
+                *e = (*e).max(it.unit.msg.seq);
+            }
+            for (user, seq) in top {
+                self.until_ok(
+                    "sender read seq",
+                    &conv,
+                    Some(&m.seq_set_failed_total),
+                    || d.store.raise_read_seq(user, &conv, seq),
+                )
+                .await;
+            }
         }
 
         // Copies of a message inside this batch share its seq; forward it once.
@@ -258,69 +322,66 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .iter()
             .map(|it| !it.unit.stored || seen.insert(it.unit.msg.seq))
             .collect();
+        let mut records = self.mongo_records(&conv, &items, &forward);
+        let mongo_records = records.len();
+        for (it, fwd) in items.iter().zip(&forward) {
+            if *fwd {
+                let value = PushMsgDataToMq {
+                    msg_data: Some(it.unit.msg.clone()),
+                    conversation_id: conv.to_string(),
+                }
+                .encode_to_vec();
+                records.push(OutRecord {
+                    topic: self.cfg.topics.to_push.clone(),
+                    key: it.key.clone(),
+                    value: Bytes::from(value),
+                    headers: it.ctx.to_headers(),
+                });
+            }
+        }
+        self.produce_all(&conv, records).await;
+        Metrics::add(&m.mongo_records_produced, mongo_records as u64);
+        Metrics::add(
+            &m.push_produced,
+            (forward.iter().filter(|f| **f).count()) as u64,
+        );
+        Metrics::add(&m.transfer_batches, 1);
+    }
 
-        if chat {
-            if let Some(first) = items
+    /// Produces `records` in order and waits until every one is
+    /// acknowledged, re-sending (in order) only those whose acknowledgement
+    /// failed. Under the log's no-gap rule a failed record either is in the
+    /// log or nothing after it is, so re-sending keeps first occurrences in
+    /// order; re-sending only failures makes large batches converge.
+    async fn produce_all(&self, conv: &str, records: Vec<OutRecord>) {
+        let d = &self.deps;
+        let mut pending: Vec<usize> = (0..records.len()).collect();
+        let mut retry = Retrier::new(&self.cfg.backoff);
+        loop {
+            let acks: Vec<_> = pending
                 .iter()
-                .find(|it| it.unit.stored && it.unit.msg.seq == 1)
-            {
-                let m = &first.unit.msg;
-                d.hook
-                    .created(NewConversation {
-                        conversation_id: conv.to_string(),
-                        session_type: m.session_type,
-                        send_id: m.send_id.clone(),
-                        recv_id: m.recv_id.clone(),
-                        group_id: m.group_id.clone(),
-                        operation_id: first.ctx.operation_id.clone(),
-                    })
-                    .await?;
-                Metrics::add(&d.metrics.conversations_created, 1);
-            }
-            let mut top: BTreeMap<&str, i64> = BTreeMap::new();
-            for it in items.iter().filter(|it| it.unit.stored) {
-                let e = top.entry(it.unit.msg.send_id.as_str()).or_insert(0);
-                *e = (*e).max(it.unit.msg.seq);
-            }
-            for (user, seq) in top {
-                if let Err(e) = d.store.raise_read_seq(user, conv, seq).await {
-                    Metrics::add(&d.metrics.seq_set_failed_total, 1);
-                    return Err(e.into());
+                .map(|i| d.producer.send(records[*i].clone()))
+                .collect();
+            let results = futures::future::join_all(acks).await;
+            let mut failed = Vec::new();
+            let mut first_error = None;
+            for (i, r) in pending.iter().zip(results) {
+                if let Err(e) = r {
+                    failed.push(*i);
+                    first_error.get_or_insert(e);
                 }
             }
+            let Some(e) = first_error else {
+                return;
+            };
+            Metrics::add(&d.metrics.retries, 1);
+            tracing::warn!(
+                conversation = %conv, failed = failed.len(), error = %e,
+                attempt = retry.attempts + 1, "produce failed; re-sending the failed records"
+            );
+            pending = failed;
+            retry.wait(d.clock.as_ref(), d.rng.as_ref()).await;
         }
-
-        // Produce everything in order, then wait for every acknowledgement.
-        let mut acks = Vec::new();
-        let mut mongo_records = 0u64;
-        for rec in self.mongo_records(conv, items, &forward) {
-            acks.push(d.producer.send(rec));
-            mongo_records += 1;
-        }
-        let mut pushes = 0u64;
-        for (it, fwd) in items.iter().zip(&forward) {
-            if !fwd {
-                continue;
-            }
-            let value = PushMsgDataToMq {
-                msg_data: Some(it.unit.msg.clone()),
-                conversation_id: conv.to_string(),
-            }
-            .encode_to_vec();
-            acks.push(d.producer.send(OutRecord {
-                topic: self.cfg.topics.to_push.clone(),
-                key: it.key.clone(),
-                value: Bytes::from(value),
-                headers: it.ctx.to_headers(),
-            }));
-            pushes += 1;
-        }
-        for r in futures::future::join_all(acks).await {
-            r?;
-        }
-        Metrics::add(&d.metrics.mongo_records_produced, mongo_records);
-        Metrics::add(&d.metrics.push_produced, pushes);
-        Ok(())
     }
 
     /// `toMongo` records for the stored, forwarded messages: runs of
@@ -380,29 +441,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
         flush(&mut run, &mut out);
         out
-    }
-
-    async fn process_batch(self: Arc<Self>, conv: ConvKey, mut items: Vec<TransferItem>) {
-        let prep = Self::prepare(&items);
-        let mut retry = Retrier::new(&self.cfg.backoff);
-        loop {
-            match self.attempt(&conv, &mut items, &prep).await {
-                Ok(()) => {
-                    Metrics::add(&self.deps.metrics.transfer_batches, 1);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        conversation = %conv, error = %e, attempt = retry.attempts + 1,
-                        "transfer batch failed; retrying"
-                    );
-                    Metrics::add(&self.deps.metrics.retries, 1);
-                    retry
-                        .wait(self.deps.clock.as_ref(), self.deps.rng.as_ref())
-                        .await;
-                }
-            }
-        }
     }
 }
 
