@@ -255,3 +255,6 @@ pub async fn assign<C: ConnectionLike + Send>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! The assign script and its protocol, against the embedded Redis model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::embedded::redis::{EmbeddedRedis, shared_engine};
+use crate::embedded::store::EmbeddedStore;
+use crate::ports::clock::ManualClock;
+use crate::ports::{Clock, SeededRng};
+
+struct Fixture {
+    redis: EmbeddedRedis,
+    store: EmbeddedStore,
+    clock: Arc<ManualClock>,
+    rng: SeededRng,
+    cfg: CacheConfig,
+}
+
+fn fixture() -> Fixture {
+    let clock = Arc::new(ManualClock::new(1_764_000_000_000));
+    Fixture {
+        redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
+        store: EmbeddedStore::new(),
+        clock,
+        rng: SeededRng::new(1),
+        cfg: CacheConfig::default(),
+    }
+}
+
+fn items<'a>(ids: &'a [&'a str], sender: Option<&'a str>) -> Vec<AssignItem<'a>> {
+    ids.iter()
+        .map(|id| AssignItem {
+            client_msg_id: id,
+            sender,
+            json_prefix: "{\"Seq\":",
+            json_suffix: "}",
+        })
+        .collect()
+}
+
+impl Fixture {
+    async fn assign(&mut self, conv: &str, ids: &[&str], sender: Option<&str>) -> Assignment {
+        assign(
+            &mut self.redis,
+            &self.store,
+            self.clock.as_ref(),
+            &self.rng,
+            &self.cfg,
+            conv,
+            &items(ids, sender),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn hget(&mut self, key: &str, field: &str) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn first_allocation_reserves_a_block_in_mongo_like_openim() {
+    let mut f = fixture();
+    let a = f.assign("si_a_b", &["m1", "m2"], Some("a")).await;
+    assert_eq!(a.seqs, vec![1, 2]);
+    assert_eq!(a.prev, 0);
+    assert_eq!(a.hits, vec![false, false]);
+    // Block of size + 50 for a single chat; CURR/LAST/TIME as OpenIM keeps them.
+    assert_eq!(f.store.seq_doc("si_a_b").unwrap().max_seq, 52);
+    assert_eq!(
+        f.hget("MALLOC_SEQ:si_a_b", "CURR").await.as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        f.hget("MALLOC_SEQ:si_a_b", "LAST").await.as_deref(),
+        Some("52")
+    );
+    assert_eq!(
+        f.hget("MALLOC_SEQ:si_a_b", "TIME").await,
+        Some(f.clock.now_ms().to_string())
+    );
+    assert_eq!(f.hget("MALLOC_SEQ:si_a_b", "LOCK").await, None);
+    // Group conversations reserve size + 100.
+    f.assign("sg_g1", &["x"], None).await;
+    assert_eq!(f.store.seq_doc("sg_g1").unwrap().max_seq, 101);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn allocations_continue_the_block_then_refill_contiguously() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m1"], None).await; // block 1..=51
+    let ids: Vec<String> = (2..=60).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let a = f.assign("si_a_b", &refs, None).await;
+    assert_eq!(a.prev, 1);
+    assert_eq!(
+        a.seqs,
+        (2..=60).collect::<Vec<i64>>(),
+        "no gap across the refill"
+    );
+    assert_eq!(f.store.seq_doc("si_a_b").unwrap().max_seq, 51 + 59 + 50);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn messages_are_cached_and_sender_read_seq_only_rises() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m1", "m2", "m3"], Some("a")).await;
+    assert_eq!(
+        f.hget("MSG_CACHE:si_a_b:3", "value").await.as_deref(),
+        Some("{\"Seq\":3}")
+    );
+    assert_eq!(
+        f.hget("SEQ_USER_READ:si_a_b:a", "value").await.as_deref(),
+        Some("3")
+    );
+    // A redelivery of m1 does not lower the read seq.
+    f.assign("si_a_b", &["m1"], Some("a")).await;
+    assert_eq!(
+        f.hget("SEQ_USER_READ:si_a_b:a", "value").await.as_deref(),
+        Some("3")
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("MSG_CACHE:si_a_b:1")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    assert_eq!(ttl, 86400);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redelivered_messages_get_their_first_seq_back() {
+    let mut f = fixture();
+    let first = f.assign("sg_g", &["a", "b", "c"], None).await;
+    let again = f.assign("sg_g", &["b", "d", "b", "c"], None).await;
+    assert_eq!(first.seqs, vec![1, 2, 3]);
+    assert_eq!(again.seqs, vec![2, 4, 2, 3]);
+    assert_eq!(again.hits, vec![true, false, true, true]);
+    // Copies inside one batch share a seq too.
+    let dup = f.assign("sg_g", &["e", "e"], None).await;
+    assert_eq!(dup.seqs, vec![5, 5]);
+    assert_eq!(dup.hits, vec![false, true]);
+    // Empty IDs are never deduplicated.
+    let anon = f.assign("sg_g", &["", ""], None).await;
+    assert_eq!(anon.seqs, vec![6, 7]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dedup_holds_for_one_window_and_lapses_after_two() {
+    let mut f = fixture();
+    f.cfg.dedup_window_ms = 60_000;
+    f.assign("si_a_b", &["m1"], None).await;
+    f.clock.advance(Duration::from_millis(59_000));
+    assert_eq!(f.assign("si_a_b", &["m1"], None).await.seqs, vec![1]);
+    f.clock.advance(Duration::from_millis(121_000));
+    let late = f.assign("si_a_b", &["m1"], None).await;
+    assert_eq!(late.hits, vec![false], "forgotten after two windows");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn waits_for_a_foreign_lock_and_takes_over_when_it_expires() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m1"], None).await;
+    // Another process (e.g. OpenIM's msg RPC) is refilling: LOCK set, 3 s TTL.
+    let _: () = redis::cmd("HSET")
+        .arg("MALLOC_SEQ:si_a_b")
+        .arg("LOCK")
+        .arg("someone-else")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("MALLOC_SEQ:si_a_b")
+        .arg(3000)
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let before = f.clock.now_ms();
+    let a = f.assign("si_a_b", &["m2"], None).await;
+    assert!(
+        f.clock.now_ms() - before >= 3000,
+        "waited for the lock to lapse"
+    );
+    // The whole key expired with the lock, so the seq comes from a fresh
+    // Mongo block: a gap, never a reuse.
+    assert_eq!(a.seqs, vec![52]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lock_that_never_lapses_times_out() {
+    let mut f = fixture();
+    f.cfg.lock_wait_attempts = 3;
+    let _: () = redis::cmd("HSET")
+        .arg("MALLOC_SEQ:c")
+        .arg("LOCK")
+        .arg("stuck")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let err = assign(
+        &mut f.redis,
+        &f.store,
+        f.clock.as_ref(),
+        &f.rng,
+        &f.cfg,
+        "c",
+        &items(&["m"], None),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, CacheError::LockTimeout(_)), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redis_data_loss_never_reuses_a_seq() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m1", "m2"], None).await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let a = f.assign("si_a_b", &["m3"], None).await;
+    assert_eq!(
+        a.seqs,
+        vec![53],
+        "the next block starts above Mongo's max_seq"
+    );
+}
+
+#[test]
+fn key_names_are_openims_and_dedup_shares_the_allocator_slot() {
+    assert_eq!(malloc_key("sg_1"), "MALLOC_SEQ:sg_1");
+    assert_eq!(msg_cache_key("sg_1", 7), "MSG_CACHE:sg_1:7");
+    assert_eq!(read_seq_key("si_a_b", "a"), "SEQ_USER_READ:si_a_b:a");
+    // The hash tag of the dedup key is the allocator's whole key name.
+    assert_eq!(dedup_key("sg_1", 3), "{MALLOC_SEQ:sg_1}:DEDUP:3");
+}
