@@ -70,7 +70,7 @@ impl World {
                 topic: self.cfg.transfer.topics.to_redis.clone(),
                 key: Bytes::from(key),
                 value: Bytes::from(value),
-                headers: ctx.to_headers(),
+                headers: ctx.to_headers().into(),
             })
             .unwrap();
     }

@@ -243,7 +243,7 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
             topic: spec.topic.clone(),
             key: Bytes::from(key),
             value: Bytes::from(m.encode_to_vec()),
-            headers: ctx.to_headers(),
+            headers: ctx.to_headers().into(),
         };
         // Positions leave room for duplicates to land a little later.
         let pos = n * 64;

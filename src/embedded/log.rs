@@ -154,7 +154,7 @@ impl EmbeddedLog {
             offset,
             key: rec.key,
             value: rec.value,
-            headers: rec.headers.into(),
+            headers: rec.headers,
             timestamp_ms: now,
         });
         drop(st);
@@ -415,7 +415,7 @@ mod tests {
             topic: Arc::from("t"),
             key: Bytes::from(key.to_string()),
             value: Bytes::from(value.to_string()),
-            headers: vec![],
+            headers: Arc::from(Vec::new()),
         }
     }
 

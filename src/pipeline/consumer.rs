@@ -174,7 +174,7 @@ pub fn dead_letter(record: &Record, reason: &str, topic: &Arc<str>, now_ms: i64)
         topic: topic.clone(),
         key: record.key.clone(),
         value: record.value.clone(),
-        headers,
+        headers: headers.into(),
     }
 }
 

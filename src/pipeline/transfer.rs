@@ -37,7 +37,7 @@ use super::consumer::{ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::cache::{self, AssignItem, CacheConfig};
 use crate::domain::categorise::{Unit, categorise};
-use crate::domain::context::MsgContext;
+use crate::domain::context::{HEADER_KEYS, Header, MsgContext};
 use crate::domain::receipt::{self, ReadReceipt};
 use crate::domain::{cache_json, content};
 use crate::metrics::Metrics;
@@ -45,7 +45,39 @@ use crate::ports::{
     BoxFuture, ConversationHook, DocStore, LogProducer, NewConversation, OutRecord, Record, Rng,
     SharedClock,
 };
-use crate::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
+use crate::proto::MsgData;
+
+/// Encodes `PushMsgDataToMq { msgData: msg, conversationID: conv }` without
+/// copying the message first; the bytes are exactly prost's for the struct.
+pub fn encode_push_record(msg: &MsgData, conv: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(msg.encoded_len() + conv.len() + 8);
+    prost::encoding::message::encode(1, msg, &mut buf);
+    if !conv.is_empty() {
+        prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
+    }
+    buf
+}
+
+/// Encodes `MsgDataToMongoByMq { lastSeq, conversationID, msgData }` from
+/// borrowed messages; the bytes are exactly prost's for the struct.
+pub fn encode_mongo_record<'a>(
+    last_seq: i64,
+    conv: &str,
+    msgs: impl Iterator<Item = &'a MsgData> + Clone,
+) -> Vec<u8> {
+    let body: usize = msgs.clone().map(|m| m.encoded_len() + 10).sum();
+    let mut buf = Vec::with_capacity(body + conv.len() + 16);
+    if last_seq != 0 {
+        prost::encoding::int64::encode(1, &last_seq, &mut buf);
+    }
+    if !conv.is_empty() {
+        prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
+    }
+    for m in msgs {
+        prost::encoding::message::encode(3, m, &mut buf);
+    }
+    buf
+}
 
 /// Topic names (OpenIM's defaults from `kafka.yml`, plus our dead letters).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +140,8 @@ pub struct TransferItem {
     pub key: Bytes,
     /// The input record's context (positional headers).
     pub ctx: Arc<MsgContext>,
+    /// The four positional headers of `ctx`, as produced on `toPush`.
+    pub headers: Arc<[Header]>,
     /// The read receipt this message carries, if it is one (attached to the
     /// first unit of the record only).
     pub receipt: Option<ReadReceipt>,
@@ -326,16 +360,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let mongo_records = records.len();
         for (it, fwd) in items.iter().zip(&forward) {
             if *fwd {
-                let value = PushMsgDataToMq {
-                    msg_data: Some(it.unit.msg.clone()),
-                    conversation_id: conv.to_string(),
-                }
-                .encode_to_vec();
+                let value = encode_push_record(&it.unit.msg, &conv);
                 records.push(OutRecord {
                     topic: self.cfg.topics.to_push.clone(),
                     key: it.key.clone(),
                     value: Bytes::from(value),
-                    headers: it.ctx.to_headers(),
+                    headers: it.headers.clone(),
                 });
             }
         }
@@ -407,20 +437,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 return;
             }
             let ctx = MsgContext::aggregate(run.iter().map(|it| it.ctx.as_ref()));
-            let value = MsgDataToMongoByMq {
-                last_seq: run[0].unit.msg.seq - 1,
-                conversation_id: conv.to_string(),
-                msg_data: run
-                    .iter()
-                    .map(|it| it.unit.msg.clone())
-                    .collect::<Vec<MsgData>>(),
-            }
-            .encode_to_vec();
+            let value = encode_mongo_record(
+                run[0].unit.msg.seq - 1,
+                conv,
+                run.iter().map(|it| &it.unit.msg),
+            );
             out.push(OutRecord {
                 topic: self.cfg.topics.to_mongo.clone(),
                 key: run[0].key.clone(),
                 value: Bytes::from(value),
-                headers: ctx.to_headers(),
+                headers: ctx.to_headers().into(),
             });
             run.clear();
         };
@@ -477,6 +503,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
         }
         let units = categorise(msg).map_err(|e| Rejection(e.to_string()))?;
         let ctx = Arc::new(MsgContext::from_headers(&record.headers));
+        // OpenIM's producers always write exactly the four headers in order;
+        // then we forward them as they are, else we write them afresh.
+        let canonical = record.headers.len() == HEADER_KEYS.len()
+            && record
+                .headers
+                .iter()
+                .zip(HEADER_KEYS)
+                .all(|((k, _), want)| k == want);
+        let headers: Arc<[Header]> = if canonical {
+            record.headers.clone()
+        } else {
+            ctx.to_headers().into()
+        };
         Ok(units
             .into_iter()
             .map(|unit| {
@@ -485,6 +524,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
                     unit,
                     key: record.key.clone(),
                     ctx: ctx.clone(),
+                    headers: headers.clone(),
                     receipt: receipt.take(),
                 };
                 (conv, item)
@@ -498,5 +538,46 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
         items: Vec<TransferItem>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(self.process_batch(conversation, items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{MsgDataToMongoByMq, PushMsgDataToMq};
+
+    fn msg(seq: i64) -> MsgData {
+        let mut m = MsgData {
+            send_id: "u1".into(),
+            client_msg_id: format!("c{seq}"),
+            seq,
+            content: b"hello".to_vec(),
+            ..Default::default()
+        };
+        m.options.insert("history".into(), true);
+        m
+    }
+
+    #[test]
+    fn hand_encoded_records_match_prost() {
+        let m = msg(7);
+        for conv in ["si_a_b", ""] {
+            let expected = PushMsgDataToMq {
+                msg_data: Some(m.clone()),
+                conversation_id: conv.into(),
+            }
+            .encode_to_vec();
+            assert_eq!(encode_push_record(&m, conv), expected);
+        }
+        let msgs = [msg(100), msg(101)];
+        for (last, conv) in [(99, "sg_g"), (0, "sg_g"), (5, "")] {
+            let expected = MsgDataToMongoByMq {
+                last_seq: last,
+                conversation_id: conv.into(),
+                msg_data: msgs.to_vec(),
+            }
+            .encode_to_vec();
+            assert_eq!(encode_mongo_record(last, conv, msgs.iter()), expected);
+        }
     }
 }

@@ -50,8 +50,9 @@ pub struct OutRecord {
     pub key: Bytes,
     /// Value.
     pub value: Bytes,
-    /// Headers in order.
-    pub headers: Vec<Header>,
+    /// Headers in order (shared: records produced for one input record
+    /// usually carry the same headers).
+    pub headers: Arc<[Header]>,
 }
 
 impl OutRecord {
