@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use rand::{Rng as _, SeedableRng};
 use tokio::sync::watch;
 
 use crate::check::{self, Report};
@@ -131,7 +132,8 @@ impl DemoOutcome {
 
 /// Decides when the embedded service is killed: it counts the input records
 /// handed to the service and, at the armed threshold, stops handing out
-/// more and fires, so the kill lands at an exact point in the input.
+/// more and fires, so each life of the service sees exactly its share of
+/// the input before it dies.
 #[derive(Debug)]
 struct CrashSwitch {
     consumed: AtomicU64,
@@ -171,7 +173,8 @@ impl LogConsumer for CrashingConsumer {
             let sw = self.switch.clone();
             if sw.tripped() {
                 // About to be killed: nothing more comes in.
-                std::future::pending::<()>().await;
+                self.inner.log_clock().sleep(wait).await;
+                return Ok(ConsumerEvent::Idle);
             }
             let ev = self.inner.poll(max, wait).await?;
             let ConsumerEvent::Records(mut recs) = ev else {
@@ -321,6 +324,7 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     let mut crash_at = args.crash_at.clone();
     crash_at.sort_unstable();
     let switch = Arc::new(CrashSwitch::default());
+    let mut crash_rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed ^ 0xc4a5);
     let mut restarts = 0u64;
     let mut last_progress = clock.monotonic_us();
     let end_us;
@@ -373,7 +377,15 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
                 _ = clock.sleep(Duration::from_millis(5)) => {}
             }
             if switch.tripped() {
-                // Kill: in-flight batches and uncommitted offsets are lost.
+                // The service has had its N records and gets no more. It
+                // dies at a random moment within the next 400 ms — maybe
+                // mid-batch, maybe after a commit or two — and everything
+                // in flight or uncommitted is lost with it.
+                let delay = Duration::from_millis(crash_rng.random_range(0..400));
+                tokio::select! {
+                    _ = &mut handle => {}
+                    _ = clock.sleep(delay) => {}
+                }
                 handle.abort();
                 let _ = handle.await;
                 restarts += 1;

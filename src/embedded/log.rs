@@ -286,6 +286,11 @@ pub struct EmbeddedConsumer {
 }
 
 impl EmbeddedConsumer {
+    /// The clock of the log this consumer reads.
+    pub fn log_clock(&self) -> &SharedClock {
+        &self.log.clock
+    }
+
     /// Takes whatever is available right now, or an assignment/revocation.
     fn take(&mut self, max: usize) -> Option<ConsumerEvent> {
         let mut st = self.log.state.lock();

@@ -223,6 +223,8 @@ struct Loop<H: Handler> {
     /// deterministic poll order, and dropping the loop drops them all.
     tasks: FuturesUnordered<BoxFuture<'static, Done>>,
     committed: FxHashMap<i32, i64>,
+    /// Work finished since the last commit.
+    dirty: bool,
 }
 
 impl<H: Handler> Loop<H> {
@@ -312,6 +314,7 @@ impl<H: Handler> Loop<H> {
     }
 
     fn on_done(&mut self, done: Done) {
+        self.dirty = true;
         match done {
             Done::Batch(conv, tokens) => {
                 self.queued -= tokens.len();
@@ -400,10 +403,12 @@ impl<H: Handler> Loop<H> {
             .filter(|(p, o)| self.committed.get(p) != Some(o))
             .collect();
         if moved.is_empty() {
+            self.dirty = false;
             return;
         }
         match consumer.commit(moved.clone()).await {
             Ok(()) => {
+                self.dirty = false;
                 Metrics::add(&self.deps.metrics.commits, moved.len() as u64);
                 for (p, o) in moved {
                     self.committed.insert(p, o);
@@ -438,6 +443,7 @@ pub async fn run<H: Handler>(
         queued: 0,
         tasks: FuturesUnordered::new(),
         committed: FxHashMap::default(),
+        dirty: false,
     };
     let mut draining = *shutdown.borrow();
     let mut poll_retry = Retrier::new(&cfg.backoff);
@@ -457,11 +463,17 @@ pub async fn run<H: Handler>(
         if draining && lp.tasks.is_empty() {
             break;
         }
-        // Wake up when a lingering conversation becomes due.
+        // Wake up when a lingering conversation becomes due, and when done
+        // work is waiting to be committed — whatever the input does.
         let due = (!draining && lp.tasks.len() < cfg.max_inflight)
             .then(|| lp.next_due())
-            .flatten()
-            .map(|t| Duration::from_micros(t.saturating_sub(now).max(1)));
+            .flatten();
+        let commit_at = lp.dirty.then_some(last_commit + commit_every_us);
+        let wake = match (due, commit_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|t| Duration::from_micros(t.saturating_sub(now).max(1)));
         tokio::select! {
             biased;
             Some(done) = lp.tasks.next(), if !lp.tasks.is_empty() => lp.on_done(done),
@@ -476,7 +488,7 @@ pub async fn run<H: Handler>(
                     drain_deadline = Some(clock.sleep(cfg.drain_timeout));
                 }
             }
-            _ = async { clock.sleep(due.unwrap_or_default()).await }, if due.is_some() => {}
+            _ = async { clock.sleep(wake.unwrap_or_default()).await }, if wake.is_some() => {}
             polled = consumer.poll(cfg.max_poll_records, cfg.poll_wait), if may_poll => {
                 match polled {
                     Ok(ConsumerEvent::Records(recs)) => {
@@ -504,7 +516,6 @@ pub async fn run<H: Handler>(
                     }
                 }
             }
-            _ = clock.sleep(cfg.commit_interval), if !may_poll && !draining => {}
         }
         let now = clock.monotonic_us();
         if now.saturating_sub(last_commit) >= commit_every_us {
