@@ -78,21 +78,25 @@ pub struct MsgDataModel {
 }
 
 impl MsgDataModel {
-    /// The stored form of `msg` (which must carry its seq).
-    pub fn from_msg(msg: &MsgData) -> Self {
+    /// The stored form of `msg` (which must carry its seq), reusing its
+    /// strings.
+    pub fn from_owned(msg: MsgData) -> Self {
         Self {
-            send_id: msg.send_id.clone(),
-            recv_id: msg.recv_id.clone(),
-            group_id: msg.group_id.clone(),
-            client_msg_id: msg.client_msg_id.clone(),
-            server_msg_id: msg.server_msg_id.clone(),
+            send_id: msg.send_id,
+            recv_id: msg.recv_id,
+            group_id: msg.group_id,
+            client_msg_id: msg.client_msg_id,
+            server_msg_id: msg.server_msg_id,
             sender_platform_id: msg.sender_platform_id,
-            sender_nickname: msg.sender_nickname.clone(),
-            sender_face_url: msg.sender_face_url.clone(),
+            sender_nickname: msg.sender_nickname,
+            sender_face_url: msg.sender_face_url,
             session_type: msg.session_type,
             msg_from: msg.msg_from,
             content_type: msg.content_type,
-            content: go_lossy_string(&msg.content),
+            content: match String::from_utf8(msg.content) {
+                Ok(text) => text,
+                Err(e) => go_lossy_string(e.as_bytes()),
+            },
             seq: msg.seq,
             send_time: msg.send_time,
             create_time: msg.create_time,
@@ -102,17 +106,17 @@ impl MsgDataModel {
                 msg.status
             },
             is_read: false,
-            options: (!msg.options.is_empty()).then(|| msg.options.clone()),
-            offline_push: msg.offline_push_info.as_ref().map(|o| OfflinePushModel {
-                title: o.title.clone(),
-                desc: o.desc.clone(),
-                ex: o.ex.clone(),
-                ios_push_sound: o.i_os_push_sound.clone(),
+            options: (!msg.options.is_empty()).then_some(msg.options),
+            offline_push: msg.offline_push_info.map(|o| OfflinePushModel {
+                title: o.title,
+                desc: o.desc,
+                ex: o.ex,
+                ios_push_sound: o.i_os_push_sound,
                 ios_badge_count: o.i_os_badge_count,
             }),
-            at_user_id_list: (!msg.at_user_id_list.is_empty()).then(|| msg.at_user_id_list.clone()),
-            attached_info: msg.attached_info.clone(),
-            ex: msg.ex.clone(),
+            at_user_id_list: (!msg.at_user_id_list.is_empty()).then_some(msg.at_user_id_list),
+            attached_info: msg.attached_info,
+            ex: msg.ex,
         }
     }
 }
@@ -129,7 +133,7 @@ mod tests {
             seq: 3,
             ..Default::default()
         };
-        let d = MsgDataModel::from_msg(&m);
+        let d = MsgDataModel::from_owned(m);
         assert_eq!(d.status, status::SEND_SUCCESS);
         assert_eq!(d.content, "hi\u{fffd}");
         assert_eq!(d.seq, 3);
@@ -138,6 +142,6 @@ mod tests {
             status: 5,
             ..Default::default()
         };
-        assert_eq!(MsgDataModel::from_msg(&m5).status, 5);
+        assert_eq!(MsgDataModel::from_owned(m5).status, 5);
     }
 }

@@ -48,11 +48,11 @@ impl Persist {
     async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<MsgData>) {
         // Later copies of a seq win, as later writes would in Mongo.
         let mut buckets: BTreeMap<i64, BTreeMap<usize, MsgDataModel>> = BTreeMap::new();
-        for m in &items {
+        for m in items {
             buckets
                 .entry(bucket::doc_index(m.seq))
                 .or_default()
-                .insert(bucket::slot(m.seq), MsgDataModel::from_msg(m));
+                .insert(bucket::slot(m.seq), MsgDataModel::from_owned(m));
         }
         Metrics::add(&self.deps.metrics.persist_batches, 1);
         for (index, slots) in buckets {
