@@ -227,20 +227,27 @@ impl Keyspace {
 
     /// Live entry, reclaiming the key if its deadline has passed.
     fn live(&mut self, now_ms: i64, key: &[u8]) -> Option<&Entry> {
-        if self.map.get(key)?.is_expired(now_ms) {
-            self.remove(key);
-            return None;
-        }
-        self.map.get(key)
+        self.live_mut(now_ms, key).map(|e| &*e)
     }
 
     /// Mutable live entry, reclaiming the key if its deadline has passed.
+    /// One hash lookup on the common (live) path.
     fn live_mut(&mut self, now_ms: i64, key: &[u8]) -> Option<&mut Entry> {
-        if self.map.get(key)?.is_expired(now_ms) {
+        let entry: *mut Entry = self.map.get_mut(key)?;
+        // SAFETY: `entry` points at a value inside `self.map`, derived from
+        // the exclusive borrow of `self` this function holds. On the expired
+        // path it is read once and then never used again, before `remove`
+        // mutates the map. On the live path nothing touches the map between
+        // the lookup and the return, and the returned borrow is tied to
+        // `&mut self`, so the value cannot move or be freed while it lives.
+        // (This is the conditional return of a borrow, with a mutation on
+        // the other branch, that the borrow checker cannot express yet.)
+        if unsafe { (*entry).is_expired(now_ms) } {
             self.remove(key);
             return None;
         }
-        self.map.get_mut(key)
+        // SAFETY: see above.
+        Some(unsafe { &mut *entry })
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
@@ -260,6 +267,14 @@ impl Keyspace {
         }
     }
 
+    /// Stores `entry` under `key`, which the caller has just found absent
+    /// (or expired and reclaimed): one hash lookup, no probe for an
+    /// existing value.
+    fn put_new(&mut self, key: &[u8], entry: Entry) -> &mut Entry {
+        self.scan_order = None;
+        self.map.entry(key.to_vec()).insert_entry(entry).into_mut()
+    }
+
     fn clear(&mut self) {
         self.map.clear();
         self.scan_order = None;
@@ -268,12 +283,17 @@ impl Keyspace {
     /// The live hash at `key`, created empty if absent; `Err` if the key
     /// holds another type.
     fn hash_for_write(&mut self, now_ms: i64, key: &[u8]) -> Result<&mut HashFields, Reply> {
-        if self.live_mut(now_ms, key).is_none() {
-            self.put(key, Entry::persistent(Value::Hash(FxHashMap::default())));
-        }
-        match self.map.get_mut(key).map(|e| &mut e.value) {
-            Some(Value::Hash(h)) => Ok(h),
-            _ => Err(err(WRONGTYPE)),
+        let entry: *mut Entry = match self.live_mut(now_ms, key) {
+            Some(e) => e,
+            None => self.put_new(key, Entry::persistent(Value::Hash(FxHashMap::default()))),
+        };
+        // SAFETY: `entry` points at a value inside `self.map`, obtained
+        // from one of the two exclusive borrows of `self` above, the last
+        // use of `self` in this function; the returned borrow is tied to
+        // `&mut self`, so the value cannot move or be freed while it lives.
+        match unsafe { &mut (*entry).value } {
+            Value::Hash(h) => Ok(h),
+            Value::Str(_) => Err(err(WRONGTYPE)),
         }
     }
 
@@ -672,7 +692,7 @@ impl Db {
                     }
                     Some(Value::Hash(_)) => return Err(err(WRONGTYPE)),
                     None => {
-                        ks.put(a[1], Entry::persistent(Value::Str(a[2].to_vec())));
+                        ks.put_new(a[1], Entry::persistent(Value::Str(a[2].to_vec())));
                         a[2].len()
                     }
                 };
@@ -683,7 +703,7 @@ impl Db {
                 if ks.live(now, a[1]).is_some() {
                     Reply::Int(0)
                 } else {
-                    ks.put(a[1], Entry::persistent(Value::Str(a[2].to_vec())));
+                    ks.put_new(a[1], Entry::persistent(Value::Str(a[2].to_vec())));
                     Reply::Int(1)
                 }
             }
@@ -955,7 +975,7 @@ fn incr_by(ks: &mut Keyspace, now: i64, key: &[u8], by: i64) -> Result<Reply, Re
         None => {
             let mut s = Vec::new();
             int_to_bytes(by, &mut s);
-            ks.put(key, Entry::persistent(Value::Str(s)));
+            ks.put_new(key, Entry::persistent(Value::Str(s)));
             Ok(Reply::Int(by))
         }
     }
@@ -1591,19 +1611,43 @@ fn split_keys<'a, 'b>(args: &'a [&'b [u8]]) -> Result<KeysAndArgs<'a, 'b>, Reply
     }
 }
 
+/// The outcome of a command run for a Lua script.
+pub(crate) enum ScriptReply<'a> {
+    /// Any reply.
+    Reply(Reply),
+    /// HGET (`multi` false) or HMGET: the values of fields `args[2..]` in
+    /// this hash (`None`: no such key). Lua copies the values into its own
+    /// strings anyway, so they are not first copied into a [`Reply`].
+    HashFields {
+        hash: Option<&'a HashFields>,
+        multi: bool,
+    },
+}
+
 /// Runs a command on behalf of a Lua script: lookup, script permission and
 /// arity are checked with the messages Redis uses inside scripts.
-pub(crate) fn run_from_script(db: &mut Db, now_ms: i64, args: &[&[u8]]) -> Reply {
+pub(crate) fn run_from_script<'a>(db: &'a mut Db, now_ms: i64, args: &[&[u8]]) -> ScriptReply<'a> {
     let Some(spec) = args.first().and_then(|n| lookup(n)) else {
-        return err("ERR Unknown Redis command called from script");
+        return ScriptReply::Reply(err("ERR Unknown Redis command called from script"));
     };
     if spec.noscript {
-        return err("ERR This Redis command is not allowed from script");
+        return ScriptReply::Reply(err("ERR This Redis command is not allowed from script"));
     }
     if !spec.arity_ok(args.len()) {
-        return err("ERR Wrong number of args calling Redis command from script");
+        return ScriptReply::Reply(err(
+            "ERR Wrong number of args calling Redis command from script",
+        ));
     }
-    db.run(spec, now_ms, args)
+    match spec.id {
+        CmdId::Hget | CmdId::Hmget => match db.ks.hash_for_read(now_ms, args[1]) {
+            Ok(hash) => ScriptReply::HashFields {
+                hash,
+                multi: spec.id == CmdId::Hmget,
+            },
+            Err(r) => ScriptReply::Reply(r),
+        },
+        _ => ScriptReply::Reply(db.run(spec, now_ms, args)),
+    }
 }
 
 #[cfg(test)]
@@ -1898,6 +1942,52 @@ pub(crate) mod tests {
         assert_eq!(
             run(&mut e, &mut s, 0, &["EXPIRE", "zz", "x"]),
             err(NOT_INTEGER)
+        );
+    }
+
+    #[test]
+    fn writes_to_expired_keys_start_fresh() {
+        let (mut e, mut s) = setup();
+        // An expired hash: HSET starts a new, persistent hash.
+        run(&mut e, &mut s, 0, &["HSET", "h", "old", "1"]);
+        run(&mut e, &mut s, 0, &["PEXPIRE", "h", "10"]);
+        assert_eq!(
+            run(&mut e, &mut s, 11, &["HSET", "h", "new", "2"]),
+            Reply::Int(1)
+        );
+        assert_eq!(
+            run(&mut e, &mut s, 11, &["HGETALL", "h"]),
+            Reply::Array(vec![bulk("new"), bulk("2")])
+        );
+        assert_eq!(run(&mut e, &mut s, 11, &["PTTL", "h"]), Reply::Int(-1));
+        // An expired string is no obstacle to a hash write, nor a hash to
+        // a string write.
+        run(&mut e, &mut s, 0, &["SET", "s", "x", "PX", "10"]);
+        assert_eq!(
+            run(&mut e, &mut s, 11, &["HINCRBY", "s", "f", "5"]),
+            Reply::Int(5)
+        );
+        run(&mut e, &mut s, 11, &["PEXPIRE", "s", "10"]);
+        assert_eq!(run(&mut e, &mut s, 22, &["INCR", "s"]), Reply::Int(1));
+        assert_eq!(run(&mut e, &mut s, 22, &["PTTL", "s"]), Reply::Int(-1));
+        run(&mut e, &mut s, 22, &["PEXPIRE", "s", "10"]);
+        assert_eq!(run(&mut e, &mut s, 33, &["SETNX", "s", "y"]), Reply::Int(1));
+        run(&mut e, &mut s, 33, &["PEXPIRE", "s", "10"]);
+        assert_eq!(
+            run(&mut e, &mut s, 44, &["APPEND", "s", "ab"]),
+            Reply::Int(2)
+        );
+        assert_eq!(run(&mut e, &mut s, 44, &["GET", "s"]), bulk("ab"));
+        // Reads reclaim: the expired key is gone from the count at once.
+        run(&mut e, &mut s, 44, &["PEXPIRE", "s", "10"]);
+        assert_eq!(e.key_count(), 2);
+        assert_eq!(run(&mut e, &mut s, 55, &["HGET", "s", "f"]), Reply::Nil);
+        assert_eq!(e.key_count(), 1);
+        // And a live key of the other type is still refused.
+        assert_eq!(run(&mut e, &mut s, 55, &["SET", "str", "v"]), Reply::ok());
+        assert_eq!(
+            run(&mut e, &mut s, 55, &["HSET", "str", "f", "v"]),
+            err(WRONGTYPE)
         );
     }
 

@@ -8,24 +8,51 @@
 //! and cached under the lowercase hex SHA1 of their body.
 //!
 //! It assumes it is driven by [`Engine`](super::Engine) under the engine's
-//! lock: while a script runs, the engine's keyspace is *moved* into the Lua
-//! state's app data so that `redis.call` (a Rust callback created once at
-//! start-up) can reach it synchronously without shared-ownership tricks, and
-//! it is moved back when the script returns or unwinds.
+//! lock. The set-up and the cold paths (compiling, `redis.log`,
+//! `math.random`, the error handler) go through mlua; the hot path does not.
+//! Running a script, building `KEYS`/`ARGV`, `redis.call`/`redis.pcall` and
+//! converting replies both ways use the raw Lua C API, because mlua's
+//! per-value bookkeeping (reference slots, locking, `MultiValue`) cost
+//! several times more than the commands themselves. The raw code shares one
+//! heap-allocated [`ScriptCtx`] with the C functions (as a light userdata
+//! upvalue); while a script runs, it points at the engine's keyspace.
+//! Two more things serve the hot path: the Lua state allocates through
+//! [`LuaHeap`], which recycles the small blocks every script allocates and
+//! frees, and `tonumber` and `string.format` have fast paths for the forms
+//! scripts call on every run (`tonumber('123')`, `string.format('%d', n)`)
+//! that return exactly what Lua's own functions return, to which anything
+//! else is passed.
 //!
 //! It must never let a script reach the host (files, clock, environment),
 //! never roll back writes a failing script already made (Redis does not),
 //! and never leave the engine unusable after a script error.
+//!
+//! # Raw C API discipline
+//!
+//! Lua reports errors with `longjmp`, which skips Rust destructors. Every
+//! C function here is written so that at each call into Lua that can raise
+//! an error (anything that allocates, because allocation can run the
+//! garbage collector and a `__gc` finaliser can raise; plus `lua_error`
+//! itself), the Rust frames between the raise and the catching `lua_pcall`
+//! own nothing with a destructor: only integers, raw pointers and borrowed
+//! references. Values that need dropping live in [`ScriptCtx`], which
+//! outlives every call, and are only touched through the raw pointer with
+//! short-lived borrows. Rust code that could conceivably panic (the command
+//! interpreter) runs under `catch_unwind`; a caught panic is raised as a
+//! Lua error and resumed once control is back in Rust.
 
-use std::ffi::c_int;
+use std::any::Any;
+use std::ffi::{c_char, c_int, c_void};
 use std::io::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use mlua::{
     Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue, VmState,
+    ffi,
 };
 use rustc_hash::FxHashMap;
 
-use super::engine::{Db, NOSCRIPT, Reply, run_from_script};
+use super::engine::{Db, HashFields, NOSCRIPT, Reply, ScriptReply, run_from_script};
 
 /// Chunk name of user scripts; Lua reports positions as `user_script:N`.
 const USER_SCRIPT_CHUNK: &str = "@user_script";
@@ -37,6 +64,28 @@ const DEFAULT_INSTRUCTION_LIMIT: u64 = 1_000_000_000;
 /// Deepest table nesting converted from a script's return value; deeper
 /// (or cyclic) tables get the error Redis gives when its stack runs out.
 const MAX_REPLY_DEPTH: usize = 1000;
+/// Garbage-collector pause, in percent: a new cycle starts when the heap
+/// reaches this share of what the previous cycle left alive. Scripts
+/// allocate a few kilobytes each (KEYS, ARGV, reply tables, strings), all of
+/// it garbage once they return, against a live heap of a few tens of
+/// kilobytes (libraries, compiled scripts), so Lua's default of 200 starts
+/// a cycle every dozen scripts or so, re-marking the same live objects each
+/// time. 400 halves that (worth a few percent of script time) and still
+/// bounds the heap at 4x the live data.
+const GC_PAUSE: c_int = 400;
+/// Garbage-collector step multiplier, in percent (Lua's default is 200): how
+/// much collection work each incremental step does per allocated unit.
+/// Higher means fewer, larger steps, so a cycle finishes in fewer scripts.
+const GC_STEP_MUL: c_int = 400;
+/// Arguments of one `redis.call` that are turned into slices on the stack
+/// before falling back to a heap vector.
+const INLINE_ARGS: usize = 32;
+/// Largest Lua allocation, in bytes, that [`LuaHeap`] keeps on a free
+/// list for reuse (tables, closures, short strings, small arrays).
+const POOL_MAX_BLOCK: usize = 512;
+/// Most bytes [`LuaHeap`] keeps on its free lists; beyond this, freed blocks
+/// go straight back to the global allocator.
+const POOL_MAX_BYTES: usize = 1 << 20;
 
 /// Library code that is easier to state in Lua. It receives the `redis`
 /// table and the two global tables.
@@ -81,13 +130,6 @@ setmetatable(env, {
 })
 "#;
 
-/// Calls a script function under a message handler and returns
-/// `true, result` or `false, error-table`.
-const RUNNER_SOURCE: &str = r#"
-local xpcall, handler = xpcall, ...
-return function(f) return xpcall(f, handler) end
-"#;
-
 /// The POSIX `lrand48` generator, which is what Redis uses for
 /// `math.random`, so scripts see the sequence they would see in Redis.
 #[derive(Debug, Clone, Copy)]
@@ -119,35 +161,272 @@ impl Rand48 {
     }
 }
 
-/// What a running script can reach from its Rust callbacks.
+/// The Lua state's allocator: exact-size free lists in front of the global
+/// allocator.
+///
+/// Every script allocates the same few dozen small objects (tables, their
+/// arrays, closures, strings) and the collector frees them again; recycling
+/// them here skips the global allocator and mlua's accounting wrapper
+/// (worth a few percent of script time). Blocks are
+/// obtained from and returned to the global allocator with exactly the
+/// layout mlua's allocator uses (the requested size, `SYS_MIN_ALIGN`), and a
+/// block is only ever reused for a request of the same size, so blocks move
+/// freely between the two allocators: the state is created by mlua's and is
+/// handed back to it before it is closed.
+struct LuaHeap {
+    /// `free[n]`: a singly linked list of free blocks of exactly `n` bytes,
+    /// the link stored in each block's first word.
+    free: Box<[*mut u8]>,
+    /// Bytes held on the free lists, at most `POOL_MAX_BYTES`.
+    cached: usize,
+    /// mlua's allocator and its data, restored before the state closes.
+    original: (ffi::lua_Alloc, *mut c_void),
+}
+
+impl LuaHeap {
+    fn layout(size: usize) -> std::alloc::Layout {
+        match std::alloc::Layout::from_size_align(size, ffi::SYS_MIN_ALIGN) {
+            Ok(layout) => layout,
+            // Lua never asks for more than `isize::MAX` bytes.
+            Err(_) => std::process::abort(),
+        }
+    }
+
+    /// A block of `size` (> 0) bytes.
+    ///
+    /// # Safety
+    /// The block must eventually go to `release` with the same size.
+    unsafe fn take(&mut self, size: usize) -> *mut u8 {
+        if let Some(head) = self.free.get_mut(size)
+            && !head.is_null()
+        {
+            let block = *head;
+            // SAFETY: `block` is a free block of `size` >= 8 bytes whose
+            // first word holds the next link (see `release`).
+            *head = unsafe { block.cast::<*mut u8>().read() };
+            self.cached -= size;
+            return block;
+        }
+        let layout = Self::layout(size);
+        // SAFETY: `size` > 0.
+        let block = unsafe { std::alloc::alloc(layout) };
+        if block.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        block
+    }
+
+    /// Frees a block of `size` (> 0) bytes.
+    ///
+    /// # Safety
+    /// `block` came from `take(size)`, or from the global allocator with the
+    /// layout `layout(size)` (mlua's allocator), and is not used again.
+    unsafe fn release(&mut self, block: *mut u8, size: usize) {
+        if size >= std::mem::size_of::<*mut u8>()
+            && size < self.free.len()
+            && self.cached + size <= POOL_MAX_BYTES
+        {
+            // SAFETY: the block is at least a word long and aligned to
+            // `SYS_MIN_ALIGN`, so it can hold the link.
+            unsafe { block.cast::<*mut u8>().write(self.free[size]) };
+            self.free[size] = block;
+            self.cached += size;
+            return;
+        }
+        // SAFETY: per the contract the block has this layout.
+        unsafe { std::alloc::dealloc(block, Self::layout(size)) };
+    }
+}
+
+impl Drop for LuaHeap {
+    fn drop(&mut self) {
+        for (size, head) in self.free.iter().enumerate() {
+            let mut block = *head;
+            while !block.is_null() {
+                // SAFETY: every listed block is free, holds its link in its
+                // first word, and has the layout `layout(size)`.
+                unsafe {
+                    let next = block.cast::<*mut u8>().read();
+                    std::alloc::dealloc(block, Self::layout(size));
+                    block = next;
+                }
+            }
+        }
+    }
+}
+
+/// The `lua_Alloc` function for [`LuaHeap`] (Lua 5.1 contract: `nsize` 0
+/// frees, a null `ptr` allocates, `osize` is the block's current size).
+///
+/// # Safety
+/// `ud` is the state's `LuaHeap`, used by nothing else meanwhile (Lua
+/// calls this only from the thread running it, under `&mut Scripting`).
+unsafe extern "C" fn lua_heap_alloc(
+    ud: *mut c_void,
+    ptr: *mut c_void,
+    osize: usize,
+    nsize: usize,
+) -> *mut c_void {
+    // SAFETY: per the contract; every block Lua passes back was allocated
+    // with the size it states (by this heap or by mlua's allocator).
+    unsafe {
+        let heap = &mut *ud.cast::<LuaHeap>();
+        let ptr = ptr.cast::<u8>();
+        if nsize > isize::MAX as usize - ffi::SYS_MIN_ALIGN {
+            // As mlua's allocator does: Lua reports a memory error (and
+            // keeps the old block, if any).
+            return std::ptr::null_mut();
+        }
+        if nsize == 0 {
+            if !ptr.is_null() && osize > 0 {
+                heap.release(ptr, osize);
+            }
+            return std::ptr::null_mut();
+        }
+        if ptr.is_null() || osize == 0 {
+            return heap.take(nsize).cast();
+        }
+        if osize >= heap.free.len() && nsize >= heap.free.len() {
+            // Large blocks are never pooled: resize in place if possible.
+            let block = std::alloc::realloc(ptr, LuaHeap::layout(osize), nsize);
+            if block.is_null() {
+                std::alloc::handle_alloc_error(LuaHeap::layout(nsize));
+            }
+            return block.cast();
+        }
+        let block = heap.take(nsize);
+        std::ptr::copy_nonoverlapping(ptr, block, osize.min(nsize));
+        heap.release(ptr, osize);
+        block.cast()
+    }
+}
+
+/// Owns the [`LuaHeap`]; declared after the Lua state in [`Scripting`] so
+/// it outlives it (the state is handed back to mlua's allocator first).
+struct HeapBox(*mut LuaHeap);
+
+impl Drop for HeapBox {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` in `Scripting::build`, freed only
+        // here, after the state stopped using it (`Scripting::drop`).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+/// Registry references (`luaL_ref`) to the values the hot path pushes.
+/// Pushing with `lua_rawgeti` never allocates, so it cannot raise.
+#[derive(Debug, Clone, Copy, Default)]
+struct Refs {
+    /// The real global table, where `KEYS` and `ARGV` are stored.
+    base: c_int,
+    /// The message handler that turns errors into Redis error tables.
+    handler: c_int,
+    /// The C function [`run_script`].
+    runner: c_int,
+    /// Interned key strings.
+    keys_name: c_int,
+    argv_name: c_int,
+    err: c_int,
+    ok: c_int,
+    source: c_int,
+    line: c_int,
+}
+
+/// Where one `redis.call` argument's bytes are.
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    /// A Lua string on the C function's stack: Lua strings do not move and
+    /// are not collected while they are on the stack.
+    Lua(*const u8, usize),
+    /// A number formatted into [`ScriptCtx::arena`].
+    Arena(usize, usize),
+}
+
+/// What the raw C functions and the mlua callbacks share. Allocated once
+/// per Lua state and reached through a raw pointer (see the module docs).
 struct ScriptCtx {
-    /// The engine's keyspace while a script runs; an empty placeholder
-    /// otherwise.
-    db: Db,
+    /// The engine's keyspace while a script runs; null otherwise.
+    db: *mut Db,
     now_ms: i64,
     rng: Rand48,
-    /// Reused buffers for `redis.call` arguments.
-    arena: Vec<u8>,
-    spans: Vec<(usize, usize)>,
     /// Hook firings during the current script.
     ticks: u64,
     /// Hook firings allowed per script (`None` = unlimited).
     max_ticks: Option<u64>,
+    refs: Refs,
+    /// A `redis.call` is between reading its arguments and returning; a
+    /// nested call (only possible from a `__gc` finaliser) is refused, as
+    /// Redis refuses it, so the buffers below are never shared.
+    in_call: bool,
+    /// Number arguments of `redis.call`, formatted.
+    arena: Vec<u8>,
+    spans: Vec<Span>,
+    /// The reply of the `redis.call` in progress, while it is pushed.
+    reply: Reply,
+    /// Instead of `reply`, for HGET (false) and HMGET (true): the hash whose
+    /// fields (the call's arguments 3..) are the reply; null if the key does
+    /// not exist. It points into the keyspace, which nothing can change
+    /// while `in_call` is set.
+    hash_reply: Option<(*const HashFields, bool)>,
+    /// Arrays being filled while a script's return value is converted.
+    partial: Vec<Vec<Reply>>,
+    /// The converted outcome of the script that just ran.
+    result: Reply,
+    /// A panic caught in Rust code called from Lua, resumed by `run`.
+    panic: Option<Box<dyn Any + Send + 'static>>,
+}
+
+/// Owns the [`ScriptCtx`] allocation. A field of [`Scripting`] declared
+/// after the Lua state, so it is freed only once the state (and any
+/// finaliser that might still call `redis.call`) is gone.
+struct CtxBox(*mut ScriptCtx);
+
+impl Drop for CtxBox {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::into_raw` in `Scripting::build`
+        // and is freed only here; the Lua state that held copies of it was
+        // dropped before this field (declaration order).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+/// The context pointer for mlua callbacks, which must be `Send`.
+#[derive(Clone, Copy)]
+struct CtxPtr(*mut ScriptCtx);
+
+// SAFETY: the pointee is owned by the `Scripting` that owns the Lua state
+// holding these callbacks; they move between threads together, and Lua
+// code (hence every callback) only runs under `&mut Scripting`.
+unsafe impl Send for CtxPtr {}
+
+impl CtxPtr {
+    /// The pointer. (A method, so closures capture the `Send` wrapper
+    /// rather than its field.)
+    fn get(self) -> *mut ScriptCtx {
+        self.0
+    }
 }
 
 /// The scripting half of the engine: Lua state and script cache.
 pub(crate) struct Scripting {
     lua: Lua,
-    /// The real global table, where `KEYS` and `ARGV` are stored.
-    base: Table,
+    /// The main thread of `lua`, for the raw hot path.
+    state: *mut ffi::lua_State,
+    ctx: CtxBox,
+    heap: HeapBox,
     /// The read-only view scripts see as their globals.
     env: Table,
-    runner: Function,
-    by_sha: FxHashMap<[u8; 40], Function>,
+    /// Registry references to the compiled scripts.
+    by_sha: FxHashMap<[u8; 40], c_int>,
     /// EVAL sends the body every time; remembering its SHA avoids hashing
     /// the body again on each call.
     sha_by_body: FxHashMap<Vec<u8>, [u8; 40]>,
 }
+
+// SAFETY: `state` and `ctx` are owned by this value (the Lua state by
+// `lua`, which is `Send` with mlua's `send` feature), used only through
+// `&mut self`, and never shared with another thread.
+unsafe impl Send for Scripting {}
 
 impl Scripting {
     /// A fresh Lua state with the Redis library installed.
@@ -163,6 +442,24 @@ impl Scripting {
             StdLib::TABLE | StdLib::STRING | StdLib::MATH,
             LuaOptions::default(),
         )?;
+        let ctx = CtxBox(Box::into_raw(Box::new(ScriptCtx {
+            db: std::ptr::null_mut(),
+            now_ms: 0,
+            rng: Rand48::seeded(0),
+            ticks: 0,
+            max_ticks: Some(DEFAULT_INSTRUCTION_LIMIT / u64::from(HOOK_EVERY)),
+            refs: Refs::default(),
+            in_call: false,
+            arena: Vec::new(),
+            spans: Vec::new(),
+            reply: Reply::Nil,
+            hash_reply: None,
+            partial: Vec::new(),
+            result: Reply::Nil,
+            panic: None,
+        })));
+        let ctx_ptr = CtxPtr(ctx.0);
+
         let base = lua.globals();
         for name in ["loadfile", "dofile"] {
             base.raw_set(name, LuaValue::Nil)?;
@@ -171,16 +468,21 @@ impl Scripting {
         base.raw_set("print", lua.create_function(|_, _: MultiValue| Ok(()))?)?;
 
         let redis = lua.create_table()?;
-        let pcall = lua.create_function(redis_pcall)?;
-        // SAFETY: `exec_raw` pushes `pcall` as the only argument, and
-        // `lua_pushcclosure` turns it into the single upvalue that
-        // `redis_call_trampoline` expects; the closure is left on the stack
-        // as the one result.
-        let call: Function = unsafe {
-            lua.exec_raw(&pcall, |state| {
-                mlua::ffi::lua_pushcclosure(state, redis_call_trampoline, 1);
-            })
-        }?;
+        // SAFETY: each closure is created with exactly the one upvalue (the
+        // context pointer) that `redis_command` reads, and is left on the
+        // stack as the single result.
+        let (call, pcall): (Function, Function) = unsafe {
+            (
+                lua.exec_raw((), |state| {
+                    ffi::lua_pushlightuserdata(state, ctx_ptr.get().cast::<c_void>());
+                    ffi::lua_pushcclosure(state, redis_call, 1);
+                })?,
+                lua.exec_raw((), |state| {
+                    ffi::lua_pushlightuserdata(state, ctx_ptr.get().cast::<c_void>());
+                    ffi::lua_pushcclosure(state, redis_pcall, 1);
+                })?,
+            )
+        };
         redis.raw_set("pcall", pcall)?;
         redis.raw_set("call", call)?;
         redis.raw_set("sha1hex", lua.create_function(redis_sha1hex)?)?;
@@ -206,8 +508,24 @@ impl Scripting {
         base.raw_set("redis", redis.clone())?;
 
         let math: Table = base.raw_get("math")?;
-        math.raw_set("random", lua.create_function(math_random)?)?;
-        math.raw_set("randomseed", lua.create_function(math_randomseed)?)?;
+        math.raw_set(
+            "random",
+            lua.create_function(move |_, args: MultiValue| math_random(ctx_ptr, &args))?,
+        )?;
+        math.raw_set(
+            "randomseed",
+            lua.create_function(move |_, args: MultiValue| math_randomseed(ctx_ptr, &args))?,
+        )?;
+
+        // `tonumber` and `string.format` get fast paths for the forms
+        // scripts use on every call (see `fast_tonumber`, `fast_format`).
+        wrap_c_function(&lua, &base, "tonumber", fast_tonumber)?;
+        wrap_c_function(
+            &lua,
+            &base.raw_get::<Table>("string")?,
+            "format",
+            fast_format,
+        )?;
 
         let env = lua.create_table()?;
         base.raw_set("_G", env.clone())?;
@@ -215,38 +533,77 @@ impl Scripting {
             .set_name(LIB_CHUNK)
             .call::<()>((redis, base.clone(), env.clone()))?;
         let handler = lua.create_function(error_handler)?;
-        let runner: Function = lua.load(RUNNER_SOURCE).set_name(LIB_CHUNK).call(handler)?;
         lua.set_globals(env.clone())?;
 
-        lua.set_app_data(ScriptCtx {
-            db: Db::default(),
-            now_ms: 0,
-            rng: Rand48::seeded(0),
-            arena: Vec::new(),
-            spans: Vec::new(),
-            ticks: 0,
-            max_ticks: Some(DEFAULT_INSTRUCTION_LIMIT / u64::from(HOOK_EVERY)),
-        });
+        let refs = Refs {
+            base: registry_ref(&lua, base)?,
+            handler: registry_ref(&lua, handler)?,
+            // SAFETY: pushes one C function, taken as the single result.
+            runner: registry_ref(&lua, unsafe { lua.create_c_function(run_script)? })?,
+            keys_name: registry_ref(&lua, "KEYS")?,
+            argv_name: registry_ref(&lua, "ARGV")?,
+            err: registry_ref(&lua, "err")?,
+            ok: registry_ref(&lua, "ok")?,
+            source: registry_ref(&lua, "source")?,
+            line: registry_ref(&lua, "line")?,
+        };
+        // SAFETY: no Lua code runs while this exclusive borrow lives.
+        unsafe { (*ctx.0).refs = refs };
+
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            |lua, _| {
-                if let Ok(Some(mut ctx)) = lua.try_app_data_mut::<ScriptCtx>() {
-                    ctx.ticks += 1;
-                    if ctx.max_ticks.is_some_and(|m| ctx.ticks > m) {
-                        return Err(mlua::Error::runtime(
-                            "Script killed: it exceeded the embedded instruction limit",
-                        ));
-                    }
+            move |_, _| {
+                // SAFETY: see `CtxPtr`; fields are accessed through the raw
+                // pointer, so a `redis.call` further down the Lua stack that
+                // holds a borrow of another field is not disturbed.
+                let exceeded = unsafe {
+                    let c = ctx_ptr.get();
+                    (*c).ticks += 1;
+                    (*c).max_ticks.is_some_and(|m| (*c).ticks > m)
+                };
+                if exceeded {
+                    return Err(mlua::Error::runtime(
+                        "Script killed: it exceeded the embedded instruction limit",
+                    ));
                 }
                 Ok(VmState::Continue)
             },
         )?;
 
+        // SAFETY: `exec_raw` hands us the main thread (nothing else runs on
+        // a fresh state); the pointer stays valid as long as `lua` lives,
+        // and `Scripting` owns `lua`. `lua_gc` with these options only
+        // stores the parameters.
+        let mut state: *mut ffi::lua_State = std::ptr::null_mut();
+        unsafe {
+            lua.exec_raw::<()>((), |s| {
+                state = s;
+                ffi::lua_gc(s, ffi::LUA_GCSETPAUSE, GC_PAUSE);
+                ffi::lua_gc(s, ffi::LUA_GCSETSTEPMUL, GC_STEP_MUL);
+            })?;
+        }
+
+        let heap = HeapBox(Box::into_raw(Box::new(LuaHeap {
+            free: vec![std::ptr::null_mut(); POOL_MAX_BLOCK + 1].into_boxed_slice(),
+            cached: 0,
+            original: (lua_heap_alloc, std::ptr::null_mut()),
+        })));
+        // SAFETY: no Lua code runs; from here on Lua allocates through the
+        // heap, which can free what mlua's allocator allocated (see
+        // `LuaHeap`). `Scripting::drop` puts mlua's allocator back.
+        unsafe {
+            let mut ud = std::ptr::null_mut();
+            let original = ffi::lua_getallocf(state, &mut ud);
+            (*heap.0).original = (original, ud);
+            ffi::lua_setallocf(state, lua_heap_alloc, heap.0.cast());
+        }
+
         Ok(Scripting {
             lua,
-            base,
+            state,
+            ctx,
+            heap,
             env,
-            runner,
             by_sha: FxHashMap::default(),
             sha_by_body: FxHashMap::default(),
         })
@@ -258,9 +615,9 @@ impl Scripting {
     }
 
     pub(crate) fn set_instruction_limit(&mut self, limit: Option<u64>) {
-        if let Ok(Some(mut ctx)) = self.lua.try_app_data_mut::<ScriptCtx>() {
-            ctx.max_ticks = limit.map(|l| l.div_ceil(u64::from(HOOK_EVERY)));
-        }
+        // SAFETY: `&mut self` excludes running Lua code, so this is the only
+        // access to the context.
+        unsafe { (*self.ctx.0).max_ticks = limit.map(|l| l.div_ceil(u64::from(HOOK_EVERY))) };
     }
 
     /// Compiles and caches `body` (SCRIPT LOAD). Returns its SHA1 in hex.
@@ -290,7 +647,13 @@ impl Scripting {
                     };
                     Reply::Error(format!("ERR Error compiling script (new function): {msg}"))
                 })?;
-            self.by_sha.insert(sha, func);
+            let r = registry_ref(&self.lua, func).map_err(|e| {
+                Reply::Error(format!(
+                    "ERR Error compiling script (new function): {}",
+                    error_text(&e)
+                ))
+            })?;
+            self.by_sha.insert(sha, r);
         }
         self.sha_by_body.insert(body.to_vec(), sha);
         Ok(sha)
@@ -303,7 +666,19 @@ impl Scripting {
 
     /// SCRIPT FLUSH.
     pub(crate) fn flush(&mut self) {
-        self.by_sha.clear();
+        let refs: Vec<c_int> = self.by_sha.drain().map(|(_, r)| r).collect();
+        // SAFETY: each reference was made by `registry_ref` and is released
+        // exactly once (the map no longer holds it).
+        let released = unsafe {
+            self.lua.exec_raw::<()>((), |state| {
+                for r in refs {
+                    ffi::luaL_unref(state, ffi::LUA_REGISTRYINDEX, r);
+                }
+            })
+        };
+        // Releasing only stores into the registry; if it ever failed, the
+        // functions would merely stay allocated.
+        let _ = released;
         self.sha_by_body.clear();
     }
 
@@ -316,9 +691,13 @@ impl Scripting {
         keys: &[&[u8]],
         argv: &[&[u8]],
     ) -> Reply {
-        match self.compile(body) {
-            Ok(sha) => self.run(db, now_ms, &sha, keys, argv),
-            Err(r) => r,
+        let sha = match self.compile(body) {
+            Ok(sha) => sha,
+            Err(r) => return r,
+        };
+        match self.by_sha.get(&sha) {
+            Some(&func) => self.run(db, now_ms, &sha, func, keys, argv),
+            None => Reply::Error(NOSCRIPT.to_owned()),
         }
     }
 
@@ -331,8 +710,9 @@ impl Scripting {
         keys: &[&[u8]],
         argv: &[&[u8]],
     ) -> Reply {
-        match normalize_sha(sha).filter(|s| self.by_sha.contains_key(s)) {
-            Some(sha) => self.run(db, now_ms, &sha, keys, argv),
+        let found = normalize_sha(sha).and_then(|s| self.by_sha.get(&s).map(|&f| (s, f)));
+        match found {
+            Some((sha, func)) => self.run(db, now_ms, &sha, func, keys, argv),
             None => Reply::Error(NOSCRIPT.to_owned()),
         }
     }
@@ -342,55 +722,519 @@ impl Scripting {
         db: &mut Db,
         now_ms: i64,
         sha: &[u8; 40],
+        func: c_int,
         keys: &[&[u8]],
         argv: &[&[u8]],
     ) -> Reply {
-        let Some(func) = self.by_sha.get(sha) else {
-            return Reply::Error(NOSCRIPT.to_owned());
+        let ctx = self.ctx.0;
+        let job = RunJob {
+            ctx,
+            keys,
+            argv,
+            func,
+            sha,
         };
-        let outcome = (|| -> mlua::Result<(bool, LuaValue)> {
-            self.base.raw_set("KEYS", string_array(&self.lua, keys)?)?;
-            self.base.raw_set("ARGV", string_array(&self.lua, argv)?)?;
-            let _lent = LentDb::lend(&self.lua, db, now_ms);
-            self.runner.call::<(bool, LuaValue)>(func)
-        })();
-        match outcome {
-            Ok((true, value)) => lua_to_reply(&value, 0),
-            Ok((false, err)) => script_error(&err, sha),
-            Err(e) => Reply::Error(format!(
-                "ERR Error running script (call to f_{}): {}",
-                sha_str(sha),
-                error_text(&e)
+        let state = self.state;
+        // SAFETY: `&mut self` makes this the only user of the Lua state and
+        // the context, and no Lua code runs between these stores and the
+        // `lua_pcall` below. `db` stays borrowed for this whole function and
+        // is only reached through the context pointer until it is cleared,
+        // before `db` is usable again.
+        //
+        // Stack: at rest mlua leaves the main thread's stack empty (checked
+        // in debug builds); Lua guarantees LUA_MINSTACK (20) free slots
+        // there, so the two pushes need no `lua_checkstack`. `lua_rawgeti`
+        // on the registry and `lua_pushlightuserdata` do not allocate and
+        // cannot raise; `lua_pcall` catches everything raised inside
+        // `run_script`; `lua_type`/`lua_tolstring` on a string and
+        // `lua_settop` do not allocate. So nothing here can `longjmp` past
+        // this frame, which owns no value with a destructor anyway until
+        // the stack is restored.
+        let failure = unsafe {
+            (*ctx).db = std::ptr::from_mut(db);
+            (*ctx).now_ms = now_ms;
+            // Redis reseeds before every script, so math.random is a pure
+            // function of the script and its inputs.
+            (*ctx).rng = Rand48::seeded(0);
+            (*ctx).ticks = 0;
+            (*ctx).in_call = false;
+            let top = ffi::lua_gettop(state);
+            debug_assert_eq!(top, 0, "mlua left values on the main stack");
+            ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, (*ctx).refs.runner);
+            ffi::lua_pushlightuserdata(state, std::ptr::from_ref(&job).cast_mut().cast());
+            let status = ffi::lua_pcall(state, 1, 0, 0);
+            let failure = (status != ffi::LUA_OK).then(|| {
+                let mut text = String::new();
+                if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
+                    text = String::from_utf8_lossy(str_at(state, -1)).into_owned();
+                }
+                text
+            });
+            ffi::lua_settop(state, top);
+            (*ctx).db = std::ptr::null_mut();
+            failure
+        };
+        // SAFETY: Lua is no longer running; this is the only access.
+        let (panic, result) = unsafe {
+            (*ctx).partial.clear();
+            (*ctx).reply = Reply::Nil;
+            (*ctx).hash_reply = None;
+            (
+                (*ctx).panic.take(),
+                std::mem::replace(&mut (*ctx).result, Reply::Nil),
+            )
+        };
+        if let Some(payload) = panic {
+            resume_unwind(payload);
+        }
+        match failure {
+            None => result,
+            Some(text) => Reply::Error(format!(
+                "ERR Error running script (call to f_{}): {text}",
+                sha_str(sha)
             )),
         }
     }
 }
 
-/// Moves the engine's keyspace into the Lua state for the duration of a
-/// script and back on drop, so it returns even if a callback panics.
-struct LentDb<'a> {
-    lua: &'a Lua,
-    db: &'a mut Db,
+/// Replaces the C function `table[name]` by `wrapper`, a C closure whose
+/// upvalue 1 is the original function.
+fn wrap_c_function(
+    lua: &Lua,
+    table: &Table,
+    name: &str,
+    wrapper: ffi::lua_CFunction,
+) -> mlua::Result<()> {
+    let original: Function = table.raw_get(name)?;
+    // SAFETY: `exec_raw` pushes the original as the only argument, which
+    // `lua_pushcclosure` turns into the wrapper's upvalue; the closure is
+    // the single result. The wrappers check the upvalue is a C function.
+    let wrapped: Function = unsafe {
+        lua.exec_raw(original, |state| {
+            ffi::lua_pushcclosure(state, wrapper, 1);
+        })?
+    };
+    table.raw_set(name, wrapped)
 }
 
-impl<'a> LentDb<'a> {
-    fn lend(lua: &'a Lua, db: &'a mut Db, now_ms: i64) -> Self {
-        if let Ok(Some(mut ctx)) = lua.try_app_data_mut::<ScriptCtx>() {
-            std::mem::swap(&mut ctx.db, db);
-            ctx.now_ms = now_ms;
-            // Redis reseeds before every script, so math.random is a pure
-            // function of the script and its inputs.
-            ctx.rng = Rand48::seeded(0);
-            ctx.ticks = 0;
+/// Calls the original C function (upvalue 1) of a wrapper on the wrapper's
+/// own stack frame, so it sees the same arguments and, for error messages,
+/// the same call site and function name as if it had been called directly.
+///
+/// # Safety
+/// Called from a C closure made by [`wrap_c_function`], with the stack as
+/// Lua passed it.
+unsafe fn call_original(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: upvalue 1 is the original C function (see `wrap_c_function`);
+    // calling it here is what Lua would have done, and this frame holds
+    // nothing with a destructor if it raises.
+    unsafe {
+        match ffi::lua_tocfunction(state, ffi::lua_upvalueindex(1)) {
+            Some(original) => original(state),
+            None => {
+                ffi::lua_pushliteral(state, c"embedded Redis: wrapped function missing");
+                ffi::lua_error(state)
+            }
         }
-        LentDb { lua, db }
     }
 }
 
-impl Drop for LentDb<'_> {
+/// The value of a string of 1 to 15 ASCII digits with an optional leading
+/// `-`: exactly what `strtod` returns for it (such integers are exact in a
+/// double, and "-0" is negative zero). `None` for anything else.
+fn parse_small_decimal(s: &[u8]) -> Option<f64> {
+    let (negative, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = digits
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')) as f64;
+    Some(if negative { -v } else { v })
+}
+
+/// `tonumber`, with a fast path for one argument that is a number or a
+/// short decimal integer string. Lua 5.1 converts strings with `strtod`,
+/// which is slow; the fast path gives the identical double. Everything else
+/// (bases, spaces, exponents, hex, non-numbers) goes to the original.
+///
+/// # Safety
+/// Called by Lua only, as a closure made by [`wrap_c_function`].
+unsafe extern "C-unwind" fn fast_tonumber(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: one argument is on the stack; a number is returned as itself
+    // (the original pushes an identical copy), and a parsed string is
+    // pushed into the slot Lua guarantees a C function (LUA_MINSTACK).
+    unsafe {
+        if ffi::lua_gettop(state) == 1 {
+            match ffi::lua_type(state, 1) {
+                ffi::LUA_TNUMBER => return 1,
+                ffi::LUA_TSTRING => {
+                    if let Some(v) = parse_small_decimal(str_at(state, 1)) {
+                        ffi::lua_pushnumber(state, v);
+                        return 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        call_original(state)
+    }
+}
+
+/// `string.format`, with a fast path for `string.format('%d', n)` with a
+/// number `n` in the 64-bit range, the usual way scripts print integers
+/// without exponents. Lua 5.1 prints `(long) n` with `sprintf("%ld")`; the
+/// fast path prints the same truncated integer. Every other format, and an
+/// `n` that is a string or out of range, goes to the original.
+///
+/// # Safety
+/// Called by Lua only, as a closure made by [`wrap_c_function`].
+unsafe extern "C-unwind" fn fast_format(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: both arguments are on the stack and type-checked before they
+    // are read; the digits are formatted into a stack buffer (no
+    // destructor) before `push_bytes`, which may raise, and Lua guarantees
+    // a C function a free slot for the result.
+    unsafe {
+        if ffi::lua_gettop(state) == 2
+            && ffi::lua_type(state, 1) == ffi::LUA_TSTRING
+            && ffi::lua_type(state, 2) == ffi::LUA_TNUMBER
+            && str_at(state, 1) == b"%d"
+        {
+            let n = ffi::lua_tonumber(state, 2);
+            // [-2^63, 2^63): where C's conversion to long is defined.
+            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&n) {
+                let mut buf = [0u8; 24];
+                let len = format_i64(n as i64, &mut buf);
+                push_bytes(state, &buf[..len]);
+                return 1;
+            }
+        }
+        call_original(state)
+    }
+}
+
+/// Writes `v` in decimal into `buf` and returns the length.
+fn format_i64(v: i64, buf: &mut [u8; 24]) -> usize {
+    let mut digits = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    if v < 0 {
+        buf[0] = b'-';
+        len = 1;
+    }
+    for &d in &digits[i..] {
+        buf[len] = d;
+        len += 1;
+    }
+    len
+}
+
+impl Drop for Scripting {
     fn drop(&mut self) {
-        if let Ok(Some(mut ctx)) = self.lua.try_app_data_mut::<ScriptCtx>() {
-            std::mem::swap(&mut ctx.db, self.db);
+        // SAFETY: no Lua code runs during drop. mlua's allocator can free
+        // and resize every block the heap handed out (same layouts), so it
+        // takes over for `lua_close`, which runs when `lua` is dropped right
+        // after this; the heap itself is freed after that (field order).
+        unsafe {
+            let (f, ud) = (*self.heap.0).original;
+            ffi::lua_setallocf(self.state, f, ud);
+        }
+    }
+}
+
+/// Stores `value` in the registry and returns its reference.
+fn registry_ref(lua: &Lua, value: impl mlua::IntoLua) -> mlua::Result<c_int> {
+    let mut r = 0;
+    // SAFETY: `exec_raw` pushes `value` as the only argument; `luaL_ref`
+    // pops it, leaving no results. It runs in protected mode.
+    unsafe {
+        lua.exec_raw::<()>(value, |state| {
+            r = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
+        })?;
+    }
+    Ok(r)
+}
+
+/// The bytes of the string at `idx`.
+///
+/// # Safety
+/// The value at `idx` must be a string (not a number, which
+/// `lua_tolstring` would convert in place), and the slice must not be used
+/// after the value leaves the stack.
+unsafe fn str_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+    let mut len = 0usize;
+    // SAFETY: per the contract the value is a string, so this neither
+    // allocates nor fails, and Lua strings are immutable and do not move.
+    unsafe {
+        let p = ffi::lua_tolstring(state, idx, &mut len);
+        if p.is_null() || len == 0 {
+            return &[];
+        }
+        std::slice::from_raw_parts(p.cast::<u8>(), len)
+    }
+}
+
+/// Pushes `bytes` as a Lua string. May raise (it allocates).
+///
+/// # Safety
+/// One free stack slot; the caller's frames must tolerate a `longjmp`.
+unsafe fn push_bytes(state: *mut ffi::lua_State, bytes: &[u8]) {
+    // SAFETY: Lua copies `len` bytes from the pointer; an empty slice is
+    // passed as a static empty C string so the pointer is always valid.
+    unsafe {
+        if bytes.is_empty() {
+            ffi::lua_pushlstring_(state, c"".as_ptr(), 0);
+        } else {
+            ffi::lua_pushlstring_(state, bytes.as_ptr().cast::<c_char>(), bytes.len());
+        }
+    }
+}
+
+/// Everything [`run_script`] needs, passed as a light userdata that points
+/// into `Scripting::run`'s frame.
+struct RunJob<'a> {
+    ctx: *mut ScriptCtx,
+    keys: &'a [&'a [u8]],
+    argv: &'a [&'a [u8]],
+    func: c_int,
+    sha: &'a [u8; 40],
+}
+
+/// Runs one script in protected mode: sets `KEYS` and `ARGV`, calls the
+/// script under the error handler, and converts its result (or error) into
+/// `ScriptCtx::result`.
+///
+/// # Safety
+/// Called by Lua only, through `lua_pcall` from `Scripting::run` with one
+/// argument, a light userdata pointing at a live [`RunJob`] whose context
+/// has its registry references set.
+unsafe extern "C-unwind" fn run_script(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: per the contract, the job outlives this call. This frame only
+    // holds references and integers, so Lua may `longjmp` out of any call
+    // below (`set_string_array` allocates). Stack use: the argument slot is
+    // dropped; then at most 5 slots (base table, name, array, string /
+    // handler, function) of the LUA_MINSTACK (20) Lua guarantees a C
+    // function, and the conversions check the stack for themselves.
+    unsafe {
+        let job = &*ffi::lua_touserdata(state, 1).cast::<RunJob<'_>>();
+        let ctx = job.ctx;
+        let refs = (*ctx).refs;
+        ffi::lua_settop(state, 0);
+        set_string_array(state, refs, refs.keys_name, job.keys);
+        set_string_array(state, refs, refs.argv_name, job.argv);
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, refs.handler);
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, job.func);
+        let status = ffi::lua_pcall(state, 0, 1, 1);
+        // The stack is now: handler, then the result or the error value.
+        if status == ffi::LUA_OK {
+            convert_result(state, ctx, refs, 0);
+        } else {
+            convert_error(state, ctx, refs, job.sha);
+        }
+        0
+    }
+}
+
+/// `base[name] = {items...}` with fresh Lua strings.
+///
+/// # Safety
+/// Inside a C function or protected call with 4 free stack slots; may raise
+/// (it allocates), so the caller's frames must tolerate a `longjmp`.
+unsafe fn set_string_array(state: *mut ffi::lua_State, refs: Refs, name: c_int, items: &[&[u8]]) {
+    // SAFETY: registry references are valid (set at build); the table is at
+    // -2 when each string is at -1, and at -3 below name/table at the end.
+    // Lua's array length is an int; larger arguments lists cannot reach
+    // here (a request that size would not fit the protocol's own limits),
+    // and if one did, the extra items would go into the hash part.
+    unsafe {
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, refs.base);
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, name);
+        ffi::lua_createtable(state, c_int::try_from(items.len()).unwrap_or(0), 0);
+        for (i, item) in items.iter().enumerate() {
+            push_bytes(state, item);
+            match c_int::try_from(i + 1) {
+                Ok(i) => ffi::lua_rawseti_(state, -2, i),
+                Err(_) => ffi::lua_pop(state, 1),
+            }
+        }
+        ffi::lua_rawset(state, -3);
+        ffi::lua_pop(state, 1);
+    }
+}
+
+/// The string stored under the registry-held key `key` in the table at
+/// absolute index `table`, if it is a string. Needs one free stack slot;
+/// does not allocate and cannot raise.
+///
+/// # Safety
+/// `table` must be a valid absolute index of a table.
+unsafe fn string_field(state: *mut ffi::lua_State, table: c_int, key: c_int) -> Option<String> {
+    // SAFETY: `lua_rawgeti` on the registry and `lua_rawget` neither
+    // allocate nor call metamethods; the value is popped before returning.
+    unsafe {
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, key);
+        ffi::lua_rawget_(state, table);
+        let out = (ffi::lua_type(state, -1) == ffi::LUA_TSTRING)
+            .then(|| String::from_utf8_lossy(str_at(state, -1)).into_owned());
+        ffi::lua_pop(state, 1);
+        out
+    }
+}
+
+/// The number stored under `key` in the table at absolute index `table`,
+/// truncated to an integer, if it is a number. Like [`string_field`].
+///
+/// # Safety
+/// As [`string_field`].
+unsafe fn int_field(state: *mut ffi::lua_State, table: c_int, key: c_int) -> Option<i64> {
+    // SAFETY: as in `string_field`.
+    unsafe {
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, key);
+        ffi::lua_rawget_(state, table);
+        let out = (ffi::lua_type(state, -1) == ffi::LUA_TNUMBER)
+            .then(|| ffi::lua_tonumber(state, -1) as i64);
+        ffi::lua_pop(state, 1);
+        out
+    }
+}
+
+/// Lua → Redis conversion of the value on top of the stack (left there),
+/// as Redis documents it. The reply goes into the innermost array being
+/// built (`ScriptCtx::partial`), or into `ScriptCtx::result` at depth 0.
+///
+/// # Safety
+/// Inside a C function with 2 free stack slots. Frames of this function
+/// hold no value with a destructor across a Lua call (the replies being
+/// built live in the context), so a `longjmp` out of it is harmless.
+unsafe fn convert_result(
+    state: *mut ffi::lua_State,
+    ctx: *mut ScriptCtx,
+    refs: Refs,
+    depth: usize,
+) {
+    // SAFETY: reads of the value at -1 do not allocate; tables are read
+    // with raw access (no metamethods). Each level checks for the 2 slots
+    // its child needs (the child and a key) before pushing it.
+    unsafe {
+        let item = if depth > MAX_REPLY_DEPTH {
+            Reply::Error("ERR reached lua stack limit".to_owned())
+        } else {
+            match ffi::lua_type(state, -1) {
+                ffi::LUA_TBOOLEAN => {
+                    if ffi::lua_toboolean(state, -1) != 0 {
+                        Reply::Int(1)
+                    } else {
+                        Reply::Nil
+                    }
+                }
+                // Truncation toward zero, saturating, as a C cast would do
+                // for in-range values.
+                ffi::LUA_TNUMBER => Reply::Int(ffi::lua_tonumber(state, -1) as i64),
+                ffi::LUA_TSTRING => Reply::Bulk(str_at(state, -1).to_vec()),
+                ffi::LUA_TTABLE => {
+                    let table = ffi::lua_gettop(state);
+                    if let Some(e) = string_field(state, table, refs.err) {
+                        Reply::Error(e.strip_prefix('-').unwrap_or(&e).to_owned())
+                    } else if let Some(s) = string_field(state, table, refs.ok) {
+                        Reply::Status(s)
+                    } else if ffi::lua_checkstack(state, 2) == 0 {
+                        Reply::Error("ERR reached lua stack limit".to_owned())
+                    } else {
+                        (*ctx).partial.push(Vec::new());
+                        let mut i: c_int = 1;
+                        loop {
+                            ffi::lua_rawgeti_(state, table, i);
+                            if ffi::lua_type(state, -1) == ffi::LUA_TNIL {
+                                ffi::lua_pop(state, 1);
+                                break;
+                            }
+                            convert_result(state, ctx, refs, depth + 1);
+                            ffi::lua_pop(state, 1);
+                            match i.checked_add(1) {
+                                Some(next) => i = next,
+                                None => break,
+                            }
+                        }
+                        Reply::Array((*ctx).partial.pop().unwrap_or_default())
+                    }
+                }
+                _ => Reply::Nil,
+            }
+        };
+        match (*ctx).partial.last_mut() {
+            Some(items) => items.push(item),
+            None => (*ctx).result = item,
+        }
+    }
+}
+
+/// The error reply for a script that raised the value on top of the stack
+/// (the error table the handler built), formatted as Redis 7 does:
+/// `<code> <message> script: <sha>, on @user_script:<line>.`
+///
+/// # Safety
+/// Inside a C function with 1 free stack slot. Does not allocate in Lua.
+unsafe fn convert_error(
+    state: *mut ffi::lua_State,
+    ctx: *mut ScriptCtx,
+    refs: Refs,
+    sha: &[u8; 40],
+) {
+    // SAFETY: only non-allocating reads (see `string_field`).
+    unsafe {
+        let msg = if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+            let table = ffi::lua_gettop(state);
+            let msg = string_field(state, table, refs.err)
+                .unwrap_or_else(|| "ERR unknown error".to_owned());
+            let msg = msg.strip_prefix('-').unwrap_or(&msg).to_owned();
+            let source = string_field(state, table, refs.source);
+            let line = int_field(state, table, refs.line);
+            match (source, line) {
+                (Some(src), Some(line)) => {
+                    format!("{msg} script: {}, on {src}:{line}.", sha_str(sha))
+                }
+                _ => msg,
+            }
+        } else {
+            format!("ERR {}", raw_value_text(state, -1))
+        };
+        (*ctx).result = Reply::Error(msg);
+    }
+}
+
+/// Lua's `tostring` for the plain values an error can be, without
+/// allocating in Lua.
+///
+/// # Safety
+/// `idx` must be a valid stack index.
+unsafe fn raw_value_text(state: *mut ffi::lua_State, idx: c_int) -> String {
+    // SAFETY: type checks first; strings are read in place, numbers with
+    // `lua_tonumber`, and `lua_typename` returns a static C string.
+    unsafe {
+        match ffi::lua_type(state, idx) {
+            ffi::LUA_TSTRING => String::from_utf8_lossy(str_at(state, idx)).into_owned(),
+            ffi::LUA_TNUMBER => {
+                let mut out = Vec::new();
+                push_number(ffi::lua_tonumber(state, idx), &mut out);
+                String::from_utf8_lossy(&out).into_owned()
+            }
+            ffi::LUA_TBOOLEAN => (ffi::lua_toboolean(state, idx) != 0).to_string(),
+            ffi::LUA_TNIL => "nil".to_owned(),
+            t => std::ffi::CStr::from_ptr(ffi::lua_typename(state, t))
+                .to_string_lossy()
+                .into_owned(),
         }
     }
 }
@@ -455,14 +1299,6 @@ fn normalize_sha(sha: &[u8]) -> Option<[u8; 40]> {
     Some(out)
 }
 
-fn string_array(lua: &Lua, items: &[&[u8]]) -> mlua::Result<Table> {
-    let t = lua.create_table_with_capacity(items.len(), 0)?;
-    for (i, item) in items.iter().enumerate() {
-        t.raw_set(i + 1, lua.create_string(item)?)?;
-    }
-    Ok(t)
-}
-
 /// The innermost message of an mlua error, without tracebacks.
 fn error_text(e: &mlua::Error) -> String {
     match e {
@@ -517,29 +1353,6 @@ fn error_handler(lua: &Lua, err: LuaValue) -> mlua::Result<Table> {
     Ok(table)
 }
 
-/// The error reply for a script that raised `err`, formatted as Redis 7
-/// does: `<code> <message> script: <sha>, on @user_script:<line>.`
-fn script_error(err: &LuaValue, sha: &[u8; 40]) -> Reply {
-    let LuaValue::Table(t) = err else {
-        return Reply::Error(format!("ERR {}", value_text(err)));
-    };
-    let msg = match t.raw_get::<LuaValue>("err") {
-        Ok(LuaValue::String(s)) => s.to_string_lossy(),
-        _ => "ERR unknown error".to_owned(),
-    };
-    let msg = msg.strip_prefix('-').unwrap_or(&msg).to_owned();
-    let source = t.raw_get::<Option<mlua::String>>("source").ok().flatten();
-    let line = t.raw_get::<Option<i64>>("line").ok().flatten();
-    match (source, line) {
-        (Some(src), Some(line)) => Reply::Error(format!(
-            "{msg} script: {}, on {}:{line}.",
-            sha_str(sha),
-            src.to_string_lossy()
-        )),
-        _ => Reply::Error(msg),
-    }
-}
-
 /// Appends a Lua number as a command argument: integral values print as
 /// integers (Redis avoids exponent notation for them), others in the
 /// shortest form that reads back exactly.
@@ -552,147 +1365,299 @@ fn push_number(n: f64, out: &mut Vec<u8>) {
     }
 }
 
-/// `redis.call`: `redis.pcall` (its upvalue 1), but an error reply is
-/// raised as the error table instead of returned.
+/// `redis.call`: runs a command; an error reply is raised as the error
+/// table `{err=...}` (what `pcall(redis.call, ..)` observes), anything else
+/// is returned converted to Lua.
 ///
-/// It is a C function rather than Lua code on purpose. Lua 5.1 discards the
-/// caller's frame when it tail-calls a Lua function (`return redis.call(..)`
-/// is the common case), which would lose the script line Redis puts in the
-/// error; calls to C functions keep it. And only the C API can raise a table
-/// as the error value, which is what `pcall(redis.call, ..)` must observe.
+/// It is a C function on purpose, beyond speed: Lua 5.1 discards the
+/// caller's frame when it tail-calls a Lua function (`return
+/// redis.call(..)` is the common case), which would lose the script line
+/// Redis puts in the error; calls to C functions keep it. And only the C
+/// API can raise a table as the error value.
 ///
 /// # Safety
-/// Called by Lua only, with upvalue 1 set (see `Scripting::build`). It holds
-/// no value with a destructor at the points where Lua may `longjmp` out of
-/// it (`lua_call`, `lua_pushlstring`, `lua_error`), so unwinding through it
-/// skips nothing.
-unsafe extern "C-unwind" fn redis_call_trampoline(state: *mut mlua::ffi::lua_State) -> c_int {
-    use mlua::ffi;
-    // SAFETY: see the function's contract above; every index used below
-    // was just pushed or is the upvalue slot.
+/// Called by Lua only, with upvalue 1 the context pointer (see
+/// `Scripting::build`).
+unsafe extern "C-unwind" fn redis_call(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { redis_command::<true>(state) }
+}
+
+/// `redis.pcall`: like [`redis_call`], but an error reply is returned as
+/// the table `{err=...}` instead of raised.
+///
+/// # Safety
+/// As [`redis_call`].
+unsafe extern "C-unwind" fn redis_pcall(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { redis_command::<false>(state) }
+}
+
+/// Why a `redis.call` could not produce a reply.
+enum CallFailure {
+    /// Called while no script runs (from a finaliser between scripts).
+    OutsideScript,
+    /// Called from inside another `redis.call` (a finaliser run by its
+    /// allocation).
+    Reentered,
+    /// The command interpreter panicked; the payload is in the context.
+    Panicked,
+}
+
+/// The body of `redis.call` (`RAISE`) and `redis.pcall`.
+///
+/// Three phases. 1: read the arguments off the stack (no Lua allocation,
+/// so nothing can raise while the argument vector exists). 2: run the
+/// command in Rust under `catch_unwind`, storing the reply in the context.
+/// 3: push the reply (this allocates, so it may raise; the frame then holds
+/// only a raw pointer and a borrow of the context's reply, which nothing
+/// else touches because `in_call` is set).
+///
+/// # Safety
+/// As [`redis_call`].
+unsafe fn redis_command<const RAISE: bool>(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: upvalue 1 is the context pointer, valid for the state's
+    // lifetime (`CtxBox`). Fields are accessed through the raw pointer so no
+    // long-lived `&mut ScriptCtx` overlaps Lua code that might run during
+    // an allocation.
     unsafe {
-        let nargs = ffi::lua_gettop(state);
-        ffi::luaL_checkstack(state, 3, c"redis.call".as_ptr());
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(state, 1);
-        ffi::lua_call(state, nargs, 1);
-        if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
-            ffi::lua_pushliteral(state, c"err");
-            let err_type = ffi::lua_rawget(state, -2);
-            ffi::lua_pop(state, 1);
-            // Only an error reply is a table with an `err` key: arrays
-            // have integer keys, status replies an `ok` key.
-            if err_type != ffi::LUA_TNIL {
-                ffi::lua_error(state);
+        let ctx = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)).cast::<ScriptCtx>();
+        let outcome = execute_from_stack(state, ctx);
+        match outcome {
+            Ok(()) => {
+                let raise = match (*ctx).hash_reply.take() {
+                    Some((hash, multi)) => {
+                        push_hash_fields(state, &(*ctx).spans, &(*ctx).arena, hash.as_ref(), multi);
+                        false
+                    }
+                    None => {
+                        push_reply(state, (*ctx).refs, &(*ctx).reply);
+                        RAISE && matches!((*ctx).reply, Reply::Error(_))
+                    }
+                };
+                (*ctx).reply = Reply::Nil;
+                (*ctx).in_call = false;
+                if raise {
+                    ffi::lua_error(state);
+                }
+                1
+            }
+            Err(CallFailure::OutsideScript) => {
+                ffi::lua_pushliteral(state, c"redis.call used outside a script");
+                ffi::lua_error(state)
+            }
+            Err(CallFailure::Reentered) => {
+                push_error_table(
+                    state,
+                    (*ctx).refs,
+                    b"ERR redis.call() recursive call detected. Are you doing funny stuff with Lua finalizers?",
+                );
+                if RAISE {
+                    ffi::lua_error(state);
+                }
+                1
+            }
+            Err(CallFailure::Panicked) => {
+                (*ctx).in_call = false;
+                ffi::lua_pushliteral(state, c"redis.call: the command panicked");
+                ffi::lua_error(state)
             }
         }
-        1
     }
 }
 
-/// `redis.pcall`: runs a command and returns its reply converted to Lua,
-/// error replies included (as `{err=...}`).
-fn redis_pcall(lua: &Lua, args: MultiValue) -> mlua::Result<LuaValue> {
-    let reply = {
-        let Ok(Some(mut ctx)) = lua.try_app_data_mut::<ScriptCtx>() else {
-            return Err(mlua::Error::runtime("redis.call used outside a script"));
-        };
-        let ScriptCtx {
-            db,
-            now_ms,
-            arena,
-            spans,
-            ..
-        } = &mut *ctx;
-        arena.clear();
+/// Phases 1 and 2 of [`redis_command`]: on success the reply is in
+/// `(*ctx).reply` and `(*ctx).in_call` is set.
+///
+/// # Safety
+/// `ctx` is the live context; called from a C function whose arguments are
+/// the command. Makes no Lua call that allocates.
+unsafe fn execute_from_stack(
+    state: *mut ffi::lua_State,
+    ctx: *mut ScriptCtx,
+) -> Result<(), CallFailure> {
+    // SAFETY: see `redis_command`. The only Lua calls are `lua_gettop`,
+    // `lua_type`, `lua_tolstring` on strings and `lua_tonumber`, none of
+    // which allocate or raise. Slices of Lua strings stay valid while the
+    // arguments are on the stack, i.e. for this whole call.
+    unsafe {
+        if (*ctx).in_call {
+            return Err(CallFailure::Reentered);
+        }
+        let db = (*ctx).db;
+        if db.is_null() {
+            return Err(CallFailure::OutsideScript);
+        }
+        (*ctx).in_call = true;
+        let nargs = ffi::lua_gettop(state);
+        let spans = &mut (*ctx).spans;
+        let arena = &mut (*ctx).arena;
         spans.clear();
-        let mut bad_arg = args
-            .is_empty()
+        arena.clear();
+        let mut bad_arg = (nargs == 0)
             .then_some("ERR Please specify at least one argument for this redis lib call");
-        for v in &args {
-            let start = arena.len();
-            match v {
-                LuaValue::String(s) => arena.extend_from_slice(&s.as_bytes()),
-                LuaValue::Integer(i) => {
-                    let _ = write!(arena, "{i}");
+        for i in 1..=nargs {
+            match ffi::lua_type(state, i) {
+                ffi::LUA_TSTRING => {
+                    let s = str_at(state, i);
+                    spans.push(Span::Lua(s.as_ptr(), s.len()));
                 }
-                LuaValue::Number(n) => push_number(*n, arena),
+                ffi::LUA_TNUMBER => {
+                    let start = arena.len();
+                    push_number(ffi::lua_tonumber(state, i), arena);
+                    spans.push(Span::Arena(start, arena.len()));
+                }
                 _ => {
                     bad_arg =
                         Some("ERR Lua redis lib command arguments must be strings or integers");
                     break;
                 }
             }
-            spans.push((start, arena.len()));
         }
-        match bad_arg {
-            Some(msg) => Reply::Error(msg.to_owned()),
-            None => {
-                let argv: Vec<&[u8]> = spans.iter().map(|&(a, b)| &arena[a..b]).collect();
-                run_from_script(db, *now_ms, &argv)
+        if let Some(msg) = bad_arg {
+            (*ctx).reply = Reply::Error(msg.to_owned());
+            return Ok(());
+        }
+        let now_ms = (*ctx).now_ms;
+        let arena: &[u8] = arena;
+        let spans: &[Span] = spans;
+        let run = AssertUnwindSafe(|| {
+            if spans.len() <= INLINE_ARGS {
+                let mut inline: [&[u8]; INLINE_ARGS] = [&[]; INLINE_ARGS];
+                for (d, s) in inline.iter_mut().zip(spans) {
+                    *d = span_bytes(*s, arena);
+                }
+                run_from_script(&mut *db, now_ms, &inline[..spans.len()])
+            } else {
+                let args: Vec<&[u8]> = spans.iter().map(|s| span_bytes(*s, arena)).collect();
+                run_from_script(&mut *db, now_ms, &args)
+            }
+        });
+        match catch_unwind(run) {
+            Ok(ScriptReply::Reply(reply)) => {
+                (*ctx).reply = reply;
+                Ok(())
+            }
+            Ok(ScriptReply::HashFields { hash, multi }) => {
+                (*ctx).hash_reply =
+                    Some((hash.map_or(std::ptr::null(), std::ptr::from_ref), multi));
+                Ok(())
+            }
+            Err(payload) => {
+                (*ctx).panic = Some(payload);
+                Err(CallFailure::Panicked)
             }
         }
-    };
-    reply_to_lua(lua, reply)
-}
-
-/// Redis → Lua conversion, as Redis documents it.
-fn reply_to_lua(lua: &Lua, reply: Reply) -> mlua::Result<LuaValue> {
-    Ok(match reply {
-        Reply::Int(i) => LuaValue::Integer(i),
-        Reply::Bulk(b) => LuaValue::String(lua.create_string(b)?),
-        Reply::Nil | Reply::NilArray => LuaValue::Boolean(false),
-        Reply::Status(s) => {
-            let t = lua.create_table_with_capacity(0, 1)?;
-            t.raw_set("ok", s)?;
-            LuaValue::Table(t)
-        }
-        Reply::Error(s) => {
-            let t = lua.create_table_with_capacity(0, 1)?;
-            t.raw_set("err", s)?;
-            LuaValue::Table(t)
-        }
-        Reply::Array(items) => {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.into_iter().enumerate() {
-                t.raw_set(i + 1, reply_to_lua(lua, item)?)?;
-            }
-            LuaValue::Table(t)
-        }
-    })
-}
-
-/// Lua → Redis conversion, as Redis documents it.
-fn lua_to_reply(v: &LuaValue, depth: usize) -> Reply {
-    if depth > MAX_REPLY_DEPTH {
-        return Reply::Error("ERR reached lua stack limit".to_owned());
     }
-    match v {
-        LuaValue::Boolean(true) => Reply::Int(1),
-        LuaValue::Boolean(false) | LuaValue::Nil => Reply::Nil,
-        LuaValue::Integer(i) => Reply::Int(*i),
-        // Truncation toward zero, saturating, as a C cast would do for
-        // in-range values.
-        LuaValue::Number(n) => Reply::Int(*n as i64),
-        LuaValue::String(s) => Reply::Bulk(s.as_bytes().to_vec()),
-        LuaValue::Table(t) => {
-            if let Ok(LuaValue::String(e)) = t.raw_get::<LuaValue>("err") {
-                let e = e.to_string_lossy();
-                return Reply::Error(e.strip_prefix('-').unwrap_or(&e).to_owned());
+}
+
+/// The bytes of an argument.
+///
+/// # Safety
+/// A `Span::Lua` must describe a string that is still on the stack.
+unsafe fn span_bytes(span: Span, arena: &[u8]) -> &[u8] {
+    match span {
+        // SAFETY: per the contract, the string is alive and immutable.
+        Span::Lua(p, len) => unsafe { std::slice::from_raw_parts(p, len) },
+        Span::Arena(a, b) => arena.get(a..b).unwrap_or_default(),
+    }
+}
+
+/// Pushes the reply of HGET (`multi` false: one value or false) or HMGET
+/// (a table of them) for the field names in `spans[2..]`. May raise.
+///
+/// # Safety
+/// Inside a C function with 2 free stack slots, with the call's arguments
+/// still on the stack; `hash`, `spans` and `arena` must not change while this runs
+/// (both are guarded by `in_call`), and the caller's frames must tolerate a
+/// `longjmp`.
+unsafe fn push_hash_fields(
+    state: *mut ffi::lua_State,
+    spans: &[Span],
+    arena: &[u8],
+    hash: Option<&HashFields>,
+    multi: bool,
+) {
+    // Field names that were numbers are looked up by their formatted text
+    // in the arena, as the general path does.
+    // SAFETY: every span is an argument still on the stack or in the arena,
+    // which nothing changes while `in_call` is set (see the contract).
+    unsafe {
+        let fields = spans.get(2..).unwrap_or_default();
+        let value = |span: &Span| hash.and_then(|h| h.get(span_bytes(*span, arena)));
+        if !multi {
+            match fields.first().and_then(value) {
+                Some(v) => push_bytes(state, v),
+                None => ffi::lua_pushboolean(state, 0),
             }
-            if let Ok(LuaValue::String(s)) = t.raw_get::<LuaValue>("ok") {
-                return Reply::Status(s.to_string_lossy());
+            return;
+        }
+        ffi::lua_createtable(state, c_int::try_from(fields.len()).unwrap_or(0), 0);
+        for (i, span) in fields.iter().enumerate() {
+            match value(span) {
+                Some(v) => push_bytes(state, v),
+                None => ffi::lua_pushboolean(state, 0),
             }
-            let mut items = Vec::new();
-            for i in 1.. {
-                match t.raw_get::<LuaValue>(i) {
-                    Ok(LuaValue::Nil) | Err(_) => break,
-                    Ok(item) => items.push(lua_to_reply(&item, depth + 1)),
+            match c_int::try_from(i + 1) {
+                Ok(i) => ffi::lua_rawseti_(state, -2, i),
+                Err(_) => ffi::lua_pop(state, 1),
+            }
+        }
+    }
+}
+
+/// Pushes `{err = msg}`. May raise.
+///
+/// # Safety
+/// Inside a C function with 3 free stack slots; the caller's frames must
+/// tolerate a `longjmp`.
+unsafe fn push_error_table(state: *mut ffi::lua_State, refs: Refs, msg: &[u8]) {
+    // SAFETY: the table is at -3 when the key and value are pushed.
+    unsafe {
+        ffi::lua_createtable(state, 0, 1);
+        ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, refs.err);
+        push_bytes(state, msg);
+        ffi::lua_rawset(state, -3);
+    }
+}
+
+/// Redis → Lua conversion, as Redis documents it. May raise.
+///
+/// # Safety
+/// Inside a C function with 3 free stack slots; `reply` must not change
+/// while this runs (it is the context's reply, guarded by `in_call`), and
+/// the caller's frames must tolerate a `longjmp`.
+unsafe fn push_reply(state: *mut ffi::lua_State, refs: Refs, reply: &Reply) {
+    // SAFETY: every push has its slot: 1 for scalars, 3 for status/error
+    // tables, and arrays check for 3 more before each element.
+    unsafe {
+        match reply {
+            Reply::Int(i) => ffi::lua_pushinteger(state, *i as ffi::lua_Integer),
+            Reply::Bulk(b) => push_bytes(state, b),
+            Reply::Nil | Reply::NilArray => ffi::lua_pushboolean(state, 0),
+            Reply::Status(s) => {
+                ffi::lua_createtable(state, 0, 1);
+                ffi::lua_rawgeti_(state, ffi::LUA_REGISTRYINDEX, refs.ok);
+                push_bytes(state, s.as_bytes());
+                ffi::lua_rawset(state, -3);
+            }
+            Reply::Error(s) => push_error_table(state, refs, s.as_bytes()),
+            Reply::Array(items) => {
+                ffi::lua_createtable(state, c_int::try_from(items.len()).unwrap_or(0), 0);
+                if ffi::lua_checkstack(state, 3) == 0 {
+                    // Command replies nest two or three levels deep; this
+                    // only guards the stack.
+                    return;
+                }
+                for (i, item) in items.iter().enumerate() {
+                    push_reply(state, refs, item);
+                    match c_int::try_from(i + 1) {
+                        Ok(i) => ffi::lua_rawseti_(state, -2, i),
+                        Err(_) => ffi::lua_pop(state, 1),
+                    }
                 }
             }
-            Reply::Array(items)
         }
-        _ => Reply::Nil,
     }
 }
 
@@ -760,11 +1725,10 @@ fn int_arg(v: Option<&LuaValue>, n: usize, fname: &str) -> mlua::Result<i64> {
     }
 }
 
-fn math_random(lua: &Lua, args: MultiValue) -> mlua::Result<f64> {
-    let r = match lua.try_app_data_mut::<ScriptCtx>() {
-        Ok(Some(mut ctx)) => ctx.rng.unit(),
-        _ => return Err(mlua::Error::runtime("math.random is unavailable")),
-    };
+fn math_random(ctx: CtxPtr, args: &MultiValue) -> mlua::Result<f64> {
+    // SAFETY: see `CtxPtr`; a single field is accessed through the raw
+    // pointer and no Lua code runs meanwhile.
+    let r = unsafe { (*ctx.get()).rng.unit() };
     let interval_empty =
         |n| mlua::Error::runtime(format!("bad argument #{n} to 'random' (interval is empty)"));
     match args.len() {
@@ -788,11 +1752,10 @@ fn math_random(lua: &Lua, args: MultiValue) -> mlua::Result<f64> {
     }
 }
 
-fn math_randomseed(lua: &Lua, args: MultiValue) -> mlua::Result<()> {
+fn math_randomseed(ctx: CtxPtr, args: &MultiValue) -> mlua::Result<()> {
     let seed = int_arg(args.front(), 1, "randomseed")?;
-    if let Ok(Some(mut ctx)) = lua.try_app_data_mut::<ScriptCtx>() {
-        ctx.rng = Rand48::seeded(seed);
-    }
+    // SAFETY: as in `math_random`.
+    unsafe { (*ctx.get()).rng = Rand48::seeded(seed) };
     Ok(())
 }
 
@@ -1342,5 +2305,396 @@ mod tests {
             r,
             Reply::Array(vec![Reply::Int(1), Reply::Int(1), Reply::Int(11)])
         );
+    }
+
+    fn eval_bytes(
+        e: &mut Engine,
+        s: &mut Session,
+        src: &str,
+        keys: &[&[u8]],
+        argv: &[&[u8]],
+    ) -> Reply {
+        let n = keys.len().to_string();
+        let mut args: Vec<&[u8]> = vec![b"EVAL", src.as_bytes(), n.as_bytes()];
+        args.extend_from_slice(keys);
+        args.extend_from_slice(argv);
+        e.execute(s, 1_000, &args)
+    }
+
+    #[test]
+    fn raw_call_error_paths() {
+        let (mut e, mut s) = setup();
+        run(&mut e, &mut s, 0, &["SET", "s", "x"]);
+        let cases: &[(&str, &str)] = &[
+            (
+                "return redis.pcall('GET').err",
+                "ERR Wrong number of args calling Redis command from script",
+            ),
+            (
+                "return redis.pcall().err",
+                "ERR Please specify at least one argument for this redis lib call",
+            ),
+            (
+                "return redis.pcall('GET', {}).err",
+                "ERR Lua redis lib command arguments must be strings or integers",
+            ),
+            (
+                "return redis.pcall('SET', 'k', true).err",
+                "ERR Lua redis lib command arguments must be strings or integers",
+            ),
+            (
+                "local ok, e = pcall(redis.call, 'NOPE') return e.err",
+                "ERR Unknown Redis command called from script",
+            ),
+            (
+                "return redis.pcall('MULTI').err",
+                "ERR This Redis command is not allowed from script",
+            ),
+            // The HGET/HMGET fast path reports errors like any command.
+            (
+                "return redis.pcall('HMGET', 's', 'a').err",
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            ),
+            (
+                "local ok, e = pcall(redis.call, 'HGET', 's', 'f') return e.err",
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            ),
+            (
+                "return redis.pcall('HGET', 's').err",
+                "ERR Wrong number of args calling Redis command from script",
+            ),
+        ];
+        for (src, want) in cases {
+            assert_eq!(eval(&mut e, &mut s, src, &[], &[]), bulk(want), "{src}");
+        }
+        // A tail call keeps the script's line in the error, fast path too.
+        for cmd in ["HGET", "INCR"] {
+            let src = format!("local x = 1\nreturn redis.call('{cmd}', 's', 'f')");
+            let src = if cmd == "INCR" {
+                "local x = 1\nreturn redis.call('INCR', 's')".to_owned()
+            } else {
+                src
+            };
+            let msg = error_text_of(eval(&mut e, &mut s, &src, &[], &[]));
+            assert!(msg.ends_with(", on @user_script:2."), "{msg}");
+        }
+        // pcall'd errors leave the engine and later calls working.
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "redis.pcall('INCR', 's') redis.pcall('HGET', 's', 'f') return redis.call('GET', 's')",
+                &[],
+                &[]
+            ),
+            bulk("x")
+        );
+    }
+
+    #[test]
+    fn binary_safe_arguments_and_replies() {
+        let (mut e, mut s) = setup();
+        let key: &[u8] = b"k\0ey";
+        let value: &[u8] = b"v\0\xffal\0";
+        let r = eval_bytes(
+            &mut e,
+            &mut s,
+            "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])",
+            &[key],
+            &[value],
+        );
+        assert_eq!(r, Reply::Bulk(value.to_vec()));
+        // Hash fields and values with NUL bytes, through HGET and HMGET.
+        let r = eval_bytes(
+            &mut e,
+            &mut s,
+            "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'plain', '') \
+             return {redis.call('HGET', KEYS[1], ARGV[1]), \
+                     redis.call('HMGET', KEYS[1], ARGV[1], 'f', 'plain', 'f\\0x')}",
+            &[b"h\0"],
+            &[b"f\0x", value],
+        );
+        assert_eq!(
+            r,
+            Reply::Array(vec![
+                Reply::Bulk(value.to_vec()),
+                Reply::Array(vec![
+                    Reply::Bulk(value.to_vec()),
+                    Reply::Nil,
+                    bulk(""),
+                    Reply::Bulk(value.to_vec())
+                ]),
+            ])
+        );
+        assert_eq!(e.get_hash_field(0, b"h\0", b"f\0x"), Some(value.to_vec()));
+        // Empty strings both ways.
+        assert_eq!(
+            eval_bytes(
+                &mut e,
+                &mut s,
+                "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])",
+                &[b""],
+                &[b""],
+            ),
+            bulk("")
+        );
+    }
+
+    #[test]
+    fn number_arguments_are_formatted_like_before() {
+        let (mut e, mut s) = setup();
+        let cases: &[(&str, &str)] = &[
+            ("10", "10"),
+            ("-7", "-7"),
+            ("2.0", "2"),
+            ("-0.0", "0"),
+            ("1.5", "1.5"),
+            ("-3.25", "-3.25"),
+            ("0.1", "0.1"),
+            ("1/3", "0.3333333333333333"),
+            ("1e15", "1000000000000000"),
+            ("2^53", "9007199254740992"),
+            ("-2^63", "-9223372036854775808"),
+            ("2^63", "9223372036854776000"),
+            ("1/0", "inf"),
+            ("-1/0", "-inf"),
+            ("0/0", "NaN"),
+        ];
+        for (expr, want) in cases {
+            let src = format!("redis.call('SET', 'n', {expr}) return redis.call('GET', 'n')");
+            assert_eq!(eval(&mut e, &mut s, &src, &[], &[]), bulk(want), "{expr}");
+        }
+        // Number field names reach the HMGET fast path as their text.
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "redis.call('HSET', 'h', 1, 'one', 2.5, 'x') \
+                 return redis.call('HMGET', 'h', 1, 2.5, '1', 1.0, 3)",
+                &[],
+                &[]
+            ),
+            Reply::Array(vec![
+                bulk("one"),
+                bulk("x"),
+                bulk("one"),
+                bulk("one"),
+                Reply::Nil
+            ])
+        );
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "return redis.call('HGET', 'h', 2.5)",
+                &[],
+                &[]
+            ),
+            bulk("x")
+        );
+    }
+
+    #[test]
+    fn calls_with_many_arguments() {
+        let (mut e, mut s) = setup();
+        // 2 + 2 * 40 arguments, past the inline argument buffer.
+        let src = r#"
+            local args = {}
+            for i = 1, 40 do args[#args + 1] = 'f' .. i; args[#args + 1] = i * 10 end
+            local added = redis.call('HSET', KEYS[1], unpack(args))
+            local names = {}
+            for i = 1, 45 do names[i] = 'f' .. i end
+            local got = redis.call('HMGET', KEYS[1], unpack(names))
+            return {added, got[1], got[40], got[41], #got, redis.call('HLEN', KEYS[1])}
+        "#;
+        assert_eq!(
+            eval(&mut e, &mut s, src, &["big"], &[]),
+            Reply::Array(vec![
+                Reply::Int(40),
+                bulk("10"),
+                bulk("400"),
+                Reply::Nil,
+                Reply::Int(45),
+                Reply::Int(40),
+            ])
+        );
+    }
+
+    /// `depth` arrays nested in one another around `leaf`.
+    fn nested(depth: usize, leaf: Reply) -> Reply {
+        (0..depth).fold(leaf, |r, _| Reply::Array(vec![r]))
+    }
+
+    #[test]
+    fn deep_and_nested_replies() {
+        let (mut e, mut s) = setup();
+        let src = "local t = 1 for i = 1, tonumber(ARGV[1]) do t = {t} end return t";
+        // The innermost value sits at depth 1000: still converted.
+        assert_eq!(
+            eval(&mut e, &mut s, src, &[], &["1000"]),
+            nested(1000, Reply::Int(1))
+        );
+        // One deeper hits the limit, as Redis' stack would.
+        assert_eq!(
+            eval(&mut e, &mut s, src, &[], &["1001"]),
+            nested(1001, Reply::Error("ERR reached lua stack limit".to_owned()))
+        );
+        // Nested replies of commands come back nested; status and error
+        // tables inside arrays convert as such.
+        run(&mut e, &mut s, 0, &["SET", "a", "1"]);
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "local r = redis.call('SCAN', 0) return {r, redis.call('SET', 'b', 2), redis.pcall('INCR', 'x', 'y')}",
+                &[],
+                &[]
+            ),
+            Reply::Array(vec![
+                Reply::Array(vec![bulk("0"), Reply::Array(vec![bulk("a")])]),
+                Reply::Status("OK".into()),
+                Reply::Error("ERR Wrong number of args calling Redis command from script".into()),
+            ])
+        );
+        // A table with both an array part and an `err` field is an error.
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "return {1, 2, err = '-BAD thing'}",
+                &[],
+                &[]
+            ),
+            Reply::Error("BAD thing".into())
+        );
+    }
+
+    #[test]
+    fn builtin_fast_paths_match_the_originals() {
+        let (mut e, mut s) = setup();
+        // '%d%s' and an explicit base 10 take the original C functions.
+        let src = r#"
+            local bad = {}
+            local nums = {0, -0.0, 1, -1, 3.7, -3.7, 0.5, -0.5, 2^31, 2^53, 2^53 + 2,
+                          2^62, -2^63, 2^63 - 1024, 1e15, 123456789012345, 0/0, 1/0, -1/0, 2^63, -2^64}
+            for _, v in ipairs(nums) do
+              local a, b = string.format('%d', v), string.format('%d%s', v, '')
+              if a ~= b then bad[#bad + 1] = 'format ' .. tostring(v) .. ': ' .. a .. ' ~= ' .. b end
+              local c = ('%d'):format(v)
+              if c ~= b then bad[#bad + 1] = 'method format ' .. tostring(v) end
+            end
+            local strs = {'0', '-0', '7', '007', '-12', '123456789012345', '-123456789012345',
+                          '1234567890123456', '99999999999999999999', '', '-', '--1', ' 5', '5 ', '0x10',
+                          '1e3', '1.5', '12abc', 'abc', '+5', '\0', '5\0', '-\0', 5, -0.0, 2.5}
+            for i, v in ipairs(strs) do
+              local a, b = tonumber(v), tonumber(v, 10)
+              local same = (a == b) and (a == nil or a ~= 0 or 1 / a == 1 / b)
+              if not same then bad[#bad + 1] = 'tonumber #' .. i .. ': ' .. tostring(a) .. ' ~= ' .. tostring(b) end
+            end
+            if tonumber(nil) ~= nil or tonumber({}) ~= nil then bad[#bad + 1] = 'tonumber of non-numbers' end
+            local ok, m1 = pcall(function() return string.format('%d', 'x') end)
+            local ok2, m2 = pcall(function() return tonumber() end)
+            local ok3, m3 = pcall(function() return ('%d'):format({}) end)
+            return {#bad, table.concat(bad, '; '), m1, m2, m3}
+        "#;
+        let r = eval(&mut e, &mut s, src, &[], &[]);
+        let Reply::Array(v) = r else { panic!("{r:?}") };
+        assert_eq!(v[0], Reply::Int(0), "{:?}", v[1]);
+        assert_eq!(
+            v[2],
+            bulk("user_script:20: bad argument #2 to 'format' (number expected, got string)")
+        );
+        assert_eq!(
+            v[3],
+            bulk("user_script:21: bad argument #1 to 'tonumber' (value expected)")
+        );
+        assert_eq!(
+            v[4],
+            bulk("user_script:22: bad argument #1 to 'format' (number expected, got table)")
+        );
+        // The plain results, for the record.
+        assert_eq!(
+            eval(
+                &mut e,
+                &mut s,
+                "return {string.format('%d', 1763942400123), string.format('%d', -2.9), tonumber('-0042'), tonumber('12') + 1}",
+                &[],
+                &[]
+            ),
+            Reply::Array(vec![
+                bulk("1763942400123"),
+                bulk("-2"),
+                Reply::Int(-42),
+                Reply::Int(13)
+            ])
+        );
+    }
+
+    #[test]
+    fn finalizers_may_call_redis_inside_a_script() {
+        let (mut e, mut s) = setup();
+        let src = r#"
+            local p = newproxy(true)
+            getmetatable(p).__gc = function() redis.call('SET', 'fin', 'ran') end
+            p = nil
+            collectgarbage()
+            return redis.call('GET', 'fin')
+        "#;
+        assert_eq!(eval(&mut e, &mut s, src, &[], &[]), bulk("ran"));
+        assert_eq!(eval(&mut e, &mut s, "return 1", &[], &[]), Reply::Int(1));
+    }
+
+    #[test]
+    fn nested_and_out_of_script_calls_are_refused() {
+        let scripting = Scripting::new();
+        let mut db = Db::default();
+        let redis: Table = scripting.env.get("redis").unwrap();
+        let pcall: Function = redis.get("pcall").unwrap();
+        let call: Function = redis.get("call").unwrap();
+        let ctx = scripting.ctx.0;
+        // SAFETY: no Lua code runs while the context is set up; `db`
+        // outlives every use below and is unset before it is dropped.
+        unsafe {
+            (*ctx).db = &raw mut db;
+            (*ctx).in_call = true;
+        }
+        // As if a finaliser ran during a `redis.call`'s allocation.
+        let t: Table = pcall.call("PING").unwrap();
+        let msg: String = t.get("err").unwrap();
+        assert!(msg.contains("recursive call detected"), "{msg}");
+        assert!(call.call::<LuaValue>("PING").is_err());
+        // SAFETY: as above.
+        unsafe { (*ctx).in_call = false };
+        let t: Table = pcall.call("PING").unwrap();
+        assert_eq!(t.get::<String>("ok").unwrap(), "PONG");
+        let r: LuaValue = pcall.call(("SET", "k", "v")).unwrap();
+        assert!(matches!(r, LuaValue::Table(_)));
+        assert!(db.ks.get(0, b"k").is_some());
+        // SAFETY: as above.
+        unsafe { (*ctx).db = std::ptr::null_mut() };
+        let err = pcall.call::<LuaValue>("PING").unwrap_err();
+        assert!(err.to_string().contains("outside a script"), "{err}");
+        drop(scripting);
+    }
+
+    #[test]
+    fn lua_memory_stays_bounded() {
+        let mut scripting = Scripting::new();
+        let mut db = Db::default();
+        let churn =
+            b"local t = {} for i = 1, 2000 do t[i] = {i, tostring(i) .. ARGV[1]} end return #t";
+        for i in 0..300 {
+            let arg = i.to_string();
+            let r = scripting.eval(&mut db, 0, churn, &[], &[arg.as_bytes()]);
+            assert_eq!(r, Reply::Int(2000));
+        }
+        let r = scripting.eval(&mut db, 0, b"return collectgarbage('count')", &[], &[]);
+        let Reply::Int(kb) = r else { panic!("{r:?}") };
+        // The live heap is a few hundred KB; the collector's pause lets
+        // garbage reach a small multiple of it.
+        assert!(kb < 8 * 1024, "Lua heap at {kb} KB");
+        // SAFETY: no Lua code runs; a read of the heap's counter.
+        let cached = unsafe { (*scripting.heap.0).cached };
+        assert!(cached > 0 && cached <= POOL_MAX_BYTES, "{cached}");
     }
 }
