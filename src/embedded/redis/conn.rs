@@ -175,6 +175,16 @@ impl EmbeddedRedis {
         self.engine.lock().execute(&mut self.session, now, args)
     }
 
+    /// Waits, without blocking the thread, while another thread holds the
+    /// engine: like a client waiting on a busy server, the task yields so
+    /// its thread can do other work meanwhile. (The engine is never held
+    /// across an await, so on one thread this never waits.)
+    async fn engine_free(&self) {
+        while self.engine.is_locked() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn run_command(&mut self, cmd: &Cmd) -> RedisResult<redis::Value> {
         let EmbeddedRedis {
             engine,
@@ -288,7 +298,10 @@ impl EmbeddedRedis {
 impl ConnectionLike for EmbeddedRedis {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         // Run when polled, like a real connection that sends on first poll.
-        Box::pin(async move { self.run_command(cmd) })
+        Box::pin(async move {
+            self.engine_free().await;
+            self.run_command(cmd)
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -297,7 +310,10 @@ impl ConnectionLike for EmbeddedRedis {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(async move { self.run_pipeline(pipeline, offset, count) })
+        Box::pin(async move {
+            self.engine_free().await;
+            self.run_pipeline(pipeline, offset, count)
+        })
     }
 
     fn get_db(&self) -> i64 {
