@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         partitions: i32,
         /// Uncommitted input records the producer allows before waiting.
-        #[arg(long, default_value_t = 50_000)]
+        #[arg(long, default_value_t = 400_000)]
         window: u64,
         /// Transfer loops (consumer-group members) in the service.
         #[arg(long, default_value_t = 2)]
@@ -66,6 +66,15 @@ fn init_logs() {
 }
 
 fn main() -> ExitCode {
+    // Let mimalloc back its arenas with transparent huge pages (2 MiB):
+    // the embedded backends keep gigabytes of state, and faulting it in 4 KiB
+    // at a time cost more system time than the pipeline's own work
+    // (measured on the 300k-message demo: system time 2.4-4.8 s → 1.3-1.7 s).
+    // SAFETY: mi_option_set_enabled only stores a flag in mimalloc's option
+    // table, before any other thread exists.
+    unsafe {
+        libmimalloc_sys::mi_option_set_enabled(libmimalloc_sys::mi_option_large_os_pages, true)
+    };
     let cli = Cli::parse();
     init_logs();
     match cli.command {

@@ -216,7 +216,7 @@ fn openim_vectors_flow_to_push_cache_and_mongo_with_openim_formats() {
 
     // Mongo: slot 0 of bucket 0, status sending → sent; sender read seq.
     let buckets = w.store.buckets();
-    let slot = buckets["si_u100_u200:0"][0].msg.clone().unwrap();
+    let slot = *buckets["si_u100_u200:0"][0].msg.clone().unwrap();
     assert_eq!(slot.client_msg_id, "c-0001");
     assert_eq!(slot.status, 2);
     assert_eq!(slot.content, "{\"content\":\"hi <b>&</b>\"}");

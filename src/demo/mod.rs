@@ -86,7 +86,7 @@ impl Default for DemoArgs {
             json: false,
             progress: true,
             partitions: 8,
-            window: 50_000,
+            window: 400_000,
             transfer_loops: 2,
             crash_at: Vec::new(),
             faults: None,

@@ -22,8 +22,9 @@ use crate::ports::{BoxFuture, DocStore, StoreError};
 /// One slot of a `msg` bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
-    /// The message, or none.
-    pub msg: Option<MsgDataModel>,
+    /// The message, or none. Boxed: a bucket has 100 slots and most are
+    /// empty, so a slot should cost a pointer, not a whole message.
+    pub msg: Option<Box<MsgDataModel>>,
     /// Users who deleted the message for themselves (kept across rewrites).
     pub del_list: Vec<String>,
     /// Read flag (kept across rewrites).
@@ -181,7 +182,7 @@ impl DocStore for EmbeddedStore {
                 if let Some(obs) = &observer {
                     obs(&doc_id, &m);
                 }
-                bucket[i].msg = Some(m);
+                bucket[i].msg = Some(Box::new(m));
             }
             Ok(())
         });
