@@ -64,8 +64,10 @@ end
 -- 2. Allocation, compatible with OpenIM's MALLOC_SEQ protocol.
 local prev = 0
 if need > 0 then
-  local exists = redis.call('EXISTS', malloc)
   local h = redis.call('HMGET', malloc, 'CURR', 'LAST', 'LOCK')
+  -- Every writer of this hash (ours and OpenIM's) sets CURR and LAST
+  -- together or LOCK alone, so the key exists iff one of them is there.
+  local exists = (h[1] or h[2] or h[3]) and 1 or 0
   if mode == 1 or mode == 3 then
     -- Install the block we reserved in Mongo, if the lock is still ours. If
     -- the whole key expired meanwhile the block is still exclusively ours.

@@ -116,8 +116,38 @@ pub struct Assignment {
     pub hits: Vec<bool>,
 }
 
-static ASSIGN_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("assign.lua")));
+/// The assign script's source.
+const ASSIGN_SOURCE: &str = include_str!("assign.lua");
+
+/// Its SHA1, as EVALSHA wants it.
+static ASSIGN_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(ASSIGN_SOURCE).get_hash().to_string());
+
+/// Lock tokens for `MALLOC_SEQ` refills: a random prefix drawn once from the
+/// injected RNG plus a counter, so every refill holds a token no other
+/// holder has (OpenIM's Lua-generated token is effectively constant) without
+/// drawing randomness on every call.
+#[derive(Debug)]
+pub struct TokenSource {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl TokenSource {
+    /// A source whose tokens start with 128 random bits from `rng`.
+    pub fn new(rng: &dyn Rng) -> Self {
+        Self {
+            prefix: rng.token(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh token.
+    pub fn token(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
 
 /// `MALLOC_SEQ:<conv>`.
 pub fn malloc_key(conversation_id: &str) -> String {
@@ -153,7 +183,7 @@ pub async fn assign<C: ConnectionLike + Send>(
     conn: &mut C,
     store: &dyn DocStore,
     clock: &dyn Clock,
-    rng: &dyn Rng,
+    tokens: &TokenSource,
     cfg: &CacheConfig,
     conversation_id: &str,
     items: &[AssignItem<'_>],
@@ -179,40 +209,63 @@ pub async fn assign<C: ConnectionLike + Send>(
             },
         })
         .collect();
-    let token = rng.token();
+    let token = tokens.token();
     let mut refill: Option<Refill> = None;
     let mut lock_waits = 0u32;
     let mut wait = cfg.lock_wait_initial;
     loop {
         let now = clock.now_ms();
         let epoch = now / cfg.dedup_window_ms.max(1);
-        let mut inv = ASSIGN_SCRIPT.prepare_invoke();
-        inv.key(malloc_key(conversation_id))
-            .key(dedup_key(conversation_id, epoch))
-            .key(dedup_key(conversation_id, epoch - 1))
+        let (mode, base, block) = refill.map_or((0, 0, 0), |r| (r.mode, r.base, r.block));
+        let json_bytes: usize = items
+            .iter()
+            .map(|it| it.json_prefix.len() + it.json_suffix.len() + it.client_msg_id.len() + 8)
+            .sum();
+        let mut cmd = redis::Cmd::with_capacity(
+            17 + 4 * items.len() + senders.len(),
+            json_bytes + 256 + 3 * conversation_id.len(),
+        );
+        cmd.arg("EVALSHA")
+            .arg(ASSIGN_SHA.as_str())
+            .arg(3)
+            .arg(malloc_key(conversation_id))
+            .arg(dedup_key(conversation_id, epoch))
+            .arg(dedup_key(conversation_id, epoch - 1))
             .arg(conversation_id)
             .arg(now)
-            .arg(&token);
-        match refill {
-            Some(r) => inv.arg(r.mode).arg(r.base).arg(r.block),
-            None => inv.arg(0).arg(0).arg(0),
-        };
-        inv.arg(cfg.dedup_window_ms * 2)
+            .arg(&token)
+            .arg(mode)
+            .arg(base)
+            .arg(block)
+            .arg(cfg.dedup_window_ms * 2)
             .arg(cfg.malloc_ttl_s)
             .arg(cfg.lock_ttl_ms)
             .arg(cfg.msg_cache_ttl_s)
             .arg(cfg.read_seq_ttl_s)
             .arg(items.len());
         for (it, who) in items.iter().zip(&sender_index) {
-            inv.arg(it.client_msg_id)
+            cmd.arg(it.client_msg_id)
                 .arg(*who)
                 .arg(it.json_prefix)
                 .arg(it.json_suffix);
         }
         for s in &senders {
-            inv.arg(*s);
+            cmd.arg(*s);
         }
-        let reply: Vec<i64> = inv.invoke_async(conn).await?;
+        let reply: Vec<i64> = match cmd.query_async(conn).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // First use on this server (or after SCRIPT FLUSH): load it
+                // and go round again.
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(ASSIGN_SOURCE)
+                    .query_async::<()>(conn)
+                    .await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         match reply.first().copied() {
             Some(0) if reply.len() == 2 + 2 * items.len() => {
                 let mut seqs = Vec::with_capacity(items.len());

@@ -13,7 +13,7 @@ struct Fixture {
     redis: EmbeddedRedis,
     store: EmbeddedStore,
     clock: Arc<ManualClock>,
-    rng: SeededRng,
+    tokens: TokenSource,
     cfg: CacheConfig,
 }
 
@@ -23,7 +23,7 @@ fn fixture() -> Fixture {
         redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
         store: EmbeddedStore::new(),
         clock,
-        rng: SeededRng::new(1),
+        tokens: TokenSource::new(&SeededRng::new(1)),
         cfg: CacheConfig::default(),
     }
 }
@@ -45,7 +45,7 @@ impl Fixture {
             &mut self.redis,
             &self.store,
             self.clock.as_ref(),
-            &self.rng,
+            &self.tokens,
             &self.cfg,
             conv,
             &items(ids, sender),
@@ -206,7 +206,7 @@ async fn a_lock_that_never_lapses_times_out() {
         &mut f.redis,
         &f.store,
         f.clock.as_ref(),
-        &f.rng,
+        &f.tokens,
         &f.cfg,
         "c",
         &items(&["m"], None),
@@ -239,4 +239,13 @@ fn key_names_are_openims_and_dedup_shares_the_allocator_slot() {
     assert_eq!(read_seq_key("si_a_b", "a"), "SEQ_USER_READ:si_a_b:a");
     // The hash tag of the dedup key is the allocator's whole key name.
     assert_eq!(dedup_key("sg_1", 3), "{MALLOC_SEQ:sg_1}:DEDUP:3");
+}
+
+#[test]
+fn lock_tokens_never_repeat_and_differ_between_sources() {
+    let a = TokenSource::new(&SeededRng::new(1));
+    let b = TokenSource::new(&SeededRng::new(2));
+    let (a1, a2, b1) = (a.token(), a.token(), b.token());
+    assert_ne!(a1, a2);
+    assert_ne!(a1, b1);
 }

@@ -169,12 +169,14 @@ pub struct TransferDeps<C> {
 pub struct Transfer<C> {
     deps: TransferDeps<C>,
     cfg: TransferConfig,
+    tokens: cache::TokenSource,
 }
 
 impl<C> Transfer<C> {
     /// A handler over `deps`.
     pub fn new(deps: TransferDeps<C>, cfg: TransferConfig) -> Self {
-        Self { deps, cfg }
+        let tokens = cache::TokenSource::new(deps.rng.as_ref());
+        Self { deps, cfg, tokens }
     }
 }
 
@@ -251,6 +253,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let d = &self.deps;
         let m = &d.metrics;
         let cache_cfg = &self.cfg.cache;
+        let tokens = &self.tokens;
 
         for ((user, rconv), seq) in &prep.receipts {
             self.until_ok(
@@ -294,7 +297,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                                 &mut redis,
                                 d.store.as_ref(),
                                 d.clock.as_ref(),
-                                d.rng.as_ref(),
+                                tokens,
                                 cache_cfg,
                                 conv,
                                 assign_items,
