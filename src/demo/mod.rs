@@ -124,6 +124,15 @@ pub struct DemoOutcome {
 }
 
 impl DemoOutcome {
+    /// The final value of the counter called `name` (0 if there is none).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    }
+
     /// Whether the checker found nothing.
     pub fn clean(&self) -> bool {
         self.report.anomalies() == 0 && self.misplaced == 0
@@ -454,13 +463,7 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
 /// The human summary of a run.
 pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
     let r = &o.report;
-    let metric = |name: &str| {
-        o.metrics
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
+    let metric = |name: &str| o.metric(name);
     format!(
         "msgtransfer demo: seed {}, {} messages in {} conversations, {} partitions\n\
          \x20 workload  {} records ({} producer duplicates), generated in {:.1}s\n\
@@ -512,13 +515,7 @@ pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
 /// The final JSON line of a run.
 pub fn json_line(args: &DemoArgs, o: &DemoOutcome) -> String {
     let r = &o.report;
-    let metric = |name: &str| {
-        o.metrics
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
+    let metric = |name: &str| o.metric(name);
     serde_json::json!({
         "seed": args.seed,
         "messages": r.messages,

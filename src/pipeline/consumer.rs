@@ -237,9 +237,17 @@ impl<H: Handler> Loop<H> {
         });
         c.queue.push_back((token, now_us, item));
         self.queued += 1;
-        if c.running {
-            return;
+        if !c.running {
+            self.list(conv);
         }
+    }
+
+    /// Lists an idle conversation with waiting items as waiting, and as full
+    /// once it has `batch_target` items (each at most once).
+    fn list(&mut self, conv: ConvKey) {
+        let Some(c) = self.convs.get_mut(&conv) else {
+            return;
+        };
         if !c.waiting {
             c.waiting = true;
             self.waiting.push_back(conv.clone());
@@ -327,15 +335,8 @@ impl<H: Handler> Loop<H> {
                 c.running = false;
                 if c.queue.is_empty() {
                     self.convs.remove(&conv);
-                    return;
-                }
-                if !c.waiting {
-                    c.waiting = true;
-                    self.waiting.push_back(conv.clone());
-                }
-                if !c.full && c.queue.len() >= self.cfg.batch_target {
-                    c.full = true;
-                    self.full.push_back(conv);
+                } else {
+                    self.list(conv);
                 }
             }
             Done::DeadLetter((p, o)) => {
