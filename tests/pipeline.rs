@@ -78,6 +78,13 @@ impl World {
     /// Runs the service until both input topics are fully committed, then
     /// shuts it down gracefully.
     fn run(&self) {
+        self.run_with(|_| false);
+    }
+
+    /// Like [`World::run`], calling `tick` with the tick number every 10 ms
+    /// of simulated time while the service runs; the run does not end while
+    /// `tick` says more is coming (returns true).
+    fn run_with(&self, mut tick: impl FnMut(u32) -> bool) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -94,16 +101,19 @@ impl World {
                 metrics: self.metrics.clone(),
             };
             let t = &self.cfg.transfer.topics;
-            let transfer: Vec<Box<dyn LogConsumer>> =
-                vec![Box::new(self.log.consumer("redis", &t.to_redis))];
+            let transfer: Vec<Box<dyn LogConsumer>> = vec![
+                Box::new(self.log.consumer("redis", &t.to_redis)),
+                Box::new(self.log.consumer("redis", &t.to_redis)),
+            ];
             let persist = Box::new(self.log.consumer("mongo", &t.to_mongo));
             let cfg = self.cfg.clone();
             let svc =
                 tokio::spawn(
                     async move { service::run(wiring, transfer, persist, &cfg, rx).await },
                 );
-            for _ in 0..100_000 {
+            for i in 0..100_000 {
                 self.clock.sleep(Duration::from_millis(10)).await;
+                tick(i);
                 if self.log.lag("redis", &t.to_redis) == 0
                     && self.log.lag("mongo", &t.to_mongo) == 0
                 {
@@ -383,4 +393,57 @@ fn a_graceful_shutdown_commits_what_is_done() {
     let before = w.log.len(&t.to_push);
     w.run();
     assert_eq!(w.log.len(&t.to_push), before);
+}
+
+#[test]
+fn rebalances_mid_stream_lose_and_duplicate_nothing() {
+    use msgtransfer::check;
+    use msgtransfer::embedded::history;
+
+    let w = World::new(1_000_000);
+    let send = |from: u32, to: u32| {
+        for i in from..to {
+            let (a, b) = (format!("u{}", i % 17), format!("u{}", 100 + i % 5));
+            w.send(&text(&a, &b, &format!("m{i}")), &format!("op{i}"));
+        }
+    };
+    // Traffic keeps arriving for 12 ticks. Meanwhile a third member joins
+    // the group, takes a share of the partitions (revoking them from the
+    // running loops, whose batches are in flight), sits there without
+    // polling, and leaves again; then another one does.
+    let mut ghost = None;
+    let mut lag_when_joining = Vec::new();
+    w.run_with(|i| {
+        if i < 12 {
+            send(i * 250, (i + 1) * 250);
+        }
+        match i {
+            2 | 7 => {
+                lag_when_joining.push(w.log.lag("redis", "toRedis"));
+                ghost = Some(w.log.consumer("redis", "toRedis"));
+            }
+            4 | 9 => ghost = None,
+            _ => {}
+        }
+        i < 12
+    });
+    drop(ghost);
+    assert!(
+        lag_when_joining.iter().all(|l| *l > 0),
+        "the rebalances happen mid-stream: {lag_when_joining:?}"
+    );
+    let (h, misplaced) = {
+        let mut eng = w.engine.lock();
+        history::collect(
+            &w.log,
+            &w.cfg.transfer.topics,
+            &w.store,
+            &mut eng,
+            w.clock.now_ms(),
+        )
+    };
+    let r = check::check(&h);
+    assert_eq!((r.anomalies(), misplaced), (0, 0), "{:?}", r.examples);
+    assert_eq!(r.messages, 3000);
+    assert_eq!(r.persisted, 3000);
 }

@@ -146,7 +146,11 @@ pub enum LoopError {
     Task(String),
 }
 
-type Token = (i32, i64);
+/// Identifies the record a unit of work came from: partition, offset and
+/// the assignment generation it was read in. Work finishing after its
+/// partition was revoked (and perhaps assigned back, with the same offsets
+/// delivered again) must not count for the new delivery.
+type Token = (i32, i64, u64);
 
 enum Done {
     Batch(ConvKey, Vec<Token>),
@@ -225,6 +229,8 @@ struct Loop<H: Handler> {
     committed: FxHashMap<i32, i64>,
     /// Work finished since the last commit.
     dirty: bool,
+    /// Per partition, bumped when it is revoked; see [`Token`].
+    generations: FxHashMap<i32, u64>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -240,6 +246,11 @@ impl<H: Handler> Loop<H> {
         if !c.running {
             self.list(conv);
         }
+    }
+
+    /// The current assignment generation of `partition`.
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations.get(&partition).copied().unwrap_or(0)
     }
 
     /// Lists an idle conversation with waiting items as waiting, and as full
@@ -326,8 +337,10 @@ impl<H: Handler> Loop<H> {
         match done {
             Done::Batch(conv, tokens) => {
                 self.queued -= tokens.len();
-                for (p, o) in tokens {
-                    self.tracker.done(p, o);
+                for (p, o, g) in tokens {
+                    if g == self.generation(p) {
+                        self.tracker.done(p, o);
+                    }
                 }
                 let Some(c) = self.convs.get_mut(&conv) else {
                     return;
@@ -339,16 +352,18 @@ impl<H: Handler> Loop<H> {
                     self.list(conv);
                 }
             }
-            Done::DeadLetter((p, o)) => {
+            Done::DeadLetter((p, o, g)) => {
                 Metrics::add(&self.deps.metrics.dlq_records, 1);
-                self.tracker.done(p, o);
+                if g == self.generation(p) {
+                    self.tracker.done(p, o);
+                }
             }
         }
     }
 
     fn on_records(&mut self, records: Vec<Record>, now_us: u64) {
         for rec in records {
-            let token = (rec.partition, rec.offset);
+            let token = (rec.partition, rec.offset, self.generation(rec.partition));
             match self.handler.decode(&rec) {
                 Ok(units) => {
                     if !self
@@ -384,13 +399,17 @@ impl<H: Handler> Loop<H> {
 
     fn on_revoked(&mut self, partitions: &[i32]) {
         self.tracker.revoke(partitions);
+        for p in partitions {
+            *self.generations.entry(*p).or_insert(0) += 1;
+        }
         let mut dropped = 0;
         for c in self.convs.values_mut() {
             let before = c.queue.len();
-            c.queue.retain(|((p, _), _, _)| !partitions.contains(p));
+            c.queue.retain(|((p, _, _), _, _)| !partitions.contains(p));
             dropped += before - c.queue.len();
         }
         self.queued -= dropped;
+        self.convs.retain(|_, c| c.running || !c.queue.is_empty());
         for p in partitions {
             self.committed.remove(p);
         }
@@ -445,6 +464,7 @@ pub async fn run<H: Handler>(
         tasks: FuturesUnordered::new(),
         committed: FxHashMap::default(),
         dirty: false,
+        generations: FxHashMap::default(),
     };
     let mut draining = *shutdown.borrow();
     let mut poll_retry = Retrier::new(&cfg.backoff);
