@@ -497,19 +497,8 @@ pub async fn run<H: Handler>(
         .map(|t| Duration::from_micros(t.saturating_sub(now).max(1)));
         tokio::select! {
             biased;
-            Some(done) = lp.tasks.next(), if !lp.tasks.is_empty() => lp.on_done(done),
-            _ = async { drain_deadline.as_mut().expect("guarded").await }, if drain_deadline.is_some() => {
-                tracing::warn!(running = lp.tasks.len(), "drain timed out; abandoning running batches (they stay uncommitted)");
-                lp.tasks.clear();
-                break;
-            }
-            changed = shutdown.changed(), if !draining => {
-                if changed.is_err() || *shutdown.borrow() {
-                    draining = true;
-                    drain_deadline = Some(clock.sleep(cfg.drain_timeout));
-                }
-            }
-            _ = async { clock.sleep(wake.unwrap_or_default()).await }, if wake.is_some() => {}
+            // Input first: reading ahead (up to max_queued) is what lets
+            // batches grow; a poll with nothing ready costs nothing here.
             polled = consumer.poll(cfg.max_poll_records, cfg.poll_wait), if may_poll => {
                 match polled {
                     Ok(ConsumerEvent::Records(recs)) => {
@@ -537,6 +526,19 @@ pub async fn run<H: Handler>(
                     }
                 }
             }
+            Some(done) = lp.tasks.next(), if !lp.tasks.is_empty() => lp.on_done(done),
+            _ = async { drain_deadline.as_mut().expect("guarded").await }, if drain_deadline.is_some() => {
+                tracing::warn!(running = lp.tasks.len(), "drain timed out; abandoning running batches (they stay uncommitted)");
+                lp.tasks.clear();
+                break;
+            }
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
+                    draining = true;
+                    drain_deadline = Some(clock.sleep(cfg.drain_timeout));
+                }
+            }
+            _ = async { clock.sleep(wake.unwrap_or_default()).await }, if wake.is_some() => {}
         }
         let now = clock.monotonic_us();
         if now.saturating_sub(last_commit) >= commit_every_us {
