@@ -387,10 +387,10 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
             }
             if switch.tripped() {
                 // The service has had its N records and gets no more. It
-                // dies at a random moment within the next 400 ms — maybe
+                // dies at a random moment within the next second — maybe
                 // mid-batch, maybe after a commit or two — and everything
                 // in flight or uncommitted is lost with it.
-                let delay = Duration::from_millis(crash_rng.random_range(0..400));
+                let delay = Duration::from_millis(crash_rng.random_range(0..1000));
                 tokio::select! {
                     _ = &mut handle => {}
                     _ = clock.sleep(delay) => {}
