@@ -63,7 +63,8 @@ proptest! {
         faults in faults(),
         transfer_loops in 1usize..3,
     ) {
-        let first_crash = crash_at.iter().min().copied();
+        // A point at 0 falls before any input and is skipped by the harness.
+        let first_crash = crash_at.iter().copied().filter(|c| *c > 0).min();
         let a = DemoArgs {
             partitions,
             duplicate_rate,
