@@ -47,6 +47,9 @@ enum Command {
         /// Transfer loops (consumer-group members) in the service.
         #[arg(long, default_value_t = 2)]
         transfer_loops: usize,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
         /// Print one JSON line with the figures at the end.
         #[arg(long)]
         json: bool,
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             partitions,
             window,
             transfer_loops,
+            workers,
             json,
             no_progress,
         } => {
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
                 partitions,
                 window,
                 transfer_loops,
+                workers,
                 crash_at: Vec::new(),
                 faults: None,
             };

@@ -57,6 +57,8 @@ pub struct DemoArgs {
     pub window: u64,
     /// Transfer loops (members of the `toRedis` group) in the service.
     pub transfer_loops: usize,
+    /// Runtime worker threads (the machine's cores, by default 2).
+    pub workers: usize,
     /// Also kill the service when the total of input records consumed
     /// reaches each of these (ascending), independent of `crash_every`.
     pub crash_at: Vec<u64>,
@@ -88,6 +90,7 @@ impl Default for DemoArgs {
             partitions: 8,
             window: 400_000,
             transfer_loops: 2,
+            workers: 2,
             crash_at: Vec::new(),
             faults: None,
         }
@@ -210,15 +213,10 @@ impl LogConsumer for CrashingConsumer {
     }
 }
 
-/// Runs the demo on a two-worker runtime.
+/// Runs the demo on a runtime with `args.workers` worker threads.
 pub fn run(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("DEMO_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(args.workers.max(1))
         .enable_all()
         .build()?;
     rt.block_on(run_async(args.clone(), Arc::new(SystemClock::new())))
