@@ -323,7 +323,7 @@ impl EmbeddedConsumer {
             return Some(ConsumerEvent::Assigned(self.owned.clone()));
         }
         let parts = st.topics.get(&self.topic)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(4096));
         // Share `max` across partitions so none starves.
         let per_partition = (max / self.positions.len().max(1)).max(1);
         for (p, pos) in self.positions.iter_mut() {
