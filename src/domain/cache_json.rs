@@ -11,12 +11,33 @@ use std::fmt::Write as _;
 
 use crate::proto::MsgData;
 
+/// Whether Go's encoder would write `b` (an ASCII byte) as itself.
+fn plain_ascii(b: u8) -> bool {
+    (0x20..0x80).contains(&b) && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&')
+}
+
+/// Appends the characters of `s` escaped the way Go's encoder does, copying
+/// runs that need no escaping in one go (most IDs and texts are one run).
+fn push_go_escaped(out: &mut String, s: &str) {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let plain = rest
+            .bytes()
+            .position(|b| !plain_ascii(b))
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..plain]);
+        rest = &rest[plain..];
+        if let Some(c) = rest.chars().next() {
+            push_go_char(out, c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+}
+
 /// Appends `s` as a JSON string the way Go's encoder does.
 fn push_go_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        push_go_char(out, c);
-    }
+    push_go_escaped(out, s);
     out.push('"');
 }
 
@@ -48,17 +69,13 @@ fn push_go_bytes(out: &mut String, bytes: &[u8]) {
     while !rest.is_empty() {
         match std::str::from_utf8(rest) {
             Ok(valid) => {
-                for c in valid.chars() {
-                    push_go_char(out, c);
-                }
+                push_go_escaped(out, valid);
                 break;
             }
             Err(e) => {
                 let (good, bad) = rest.split_at(e.valid_up_to());
                 // `good` is valid by construction of valid_up_to.
-                for c in std::str::from_utf8(good).unwrap_or_default().chars() {
-                    push_go_char(out, c);
-                }
+                push_go_escaped(out, std::str::from_utf8(good).unwrap_or_default());
                 // Go replaces one byte at a time, even inside a truncated
                 // multi-byte sequence.
                 out.push_str("\\ufffd");
@@ -264,6 +281,26 @@ mod tests {
         assert_eq!(out, r#""a\ufffd\ufffdb\ufffd""#);
         assert_eq!(go_lossy_string(b"a\xe4\xb8b"), "a\u{fffd}\u{fffd}b");
         assert_eq!(go_lossy_string("é中".as_bytes()), "é中");
+    }
+
+    #[test]
+    fn fast_path_escapes_exactly_like_the_per_character_path() {
+        for s in [
+            "plain text 123",
+            "",
+            "<>&\"\\",
+            "é中 \u{2028}x\u{2029}",
+            "a\u{1}b\tc\u{7f}",
+            "mixed <b>é</b> ok",
+        ] {
+            let mut fast = String::new();
+            push_go_escaped(&mut fast, s);
+            let mut slow = String::new();
+            for c in s.chars() {
+                push_go_char(&mut slow, c);
+            }
+            assert_eq!(fast, slow, "{s:?}");
+        }
     }
 
     #[test]
