@@ -8,11 +8,10 @@ use std::sync::Arc;
 use redis::aio::ConnectionLike;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
 use crate::pipeline::consumer::{self, ConsumerConfig, LoopDeps, LoopError};
 use crate::pipeline::persist::{Persist, PersistDeps};
-use crate::pipeline::transfer::{Transfer, TransferConfig, TransferDeps};
-use crate::ports::{ConversationHook, DocStore, LogConsumer, LogProducer, Rng, SharedClock};
+use crate::pipeline::transfer::{Transfer, TransferConfig};
+use crate::ports::LogConsumer;
 
 /// Consumer group IDs (OpenIM's defaults from `kafka.yml`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,23 +65,9 @@ impl Default for ServiceConfig {
     }
 }
 
-/// The backends one service instance uses.
-pub struct Wiring<C> {
-    /// A Redis connection (cloned per batch).
-    pub redis: C,
-    /// Mongo.
-    pub store: Arc<dyn DocStore>,
-    /// Kafka producer.
-    pub producer: Arc<dyn LogProducer>,
-    /// The conversation service.
-    pub hook: Arc<dyn ConversationHook>,
-    /// Time.
-    pub clock: SharedClock,
-    /// Randomness.
-    pub rng: Arc<dyn Rng>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-}
+/// The backends one service instance uses: exactly what the transfer stage
+/// needs; the persistence stage and the loops take their share of it.
+pub use crate::pipeline::transfer::TransferDeps as Wiring;
 
 /// Runs the consumer loops until `shutdown` turns true, then drains them.
 ///
@@ -103,27 +88,16 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
         rng: w.rng.clone(),
         metrics: w.metrics.clone(),
     };
-    let transfer = Arc::new(Transfer::new(
-        TransferDeps {
-            redis: w.redis,
+    let persist = Arc::new(Persist::new(
+        PersistDeps {
             store: w.store.clone(),
-            producer: w.producer,
-            hook: w.hook,
             clock: w.clock.clone(),
             rng: w.rng.clone(),
             metrics: w.metrics.clone(),
         },
-        cfg.transfer.clone(),
-    ));
-    let persist = Arc::new(Persist::new(
-        PersistDeps {
-            store: w.store,
-            clock: w.clock,
-            rng: w.rng,
-            metrics: w.metrics,
-        },
         cfg.transfer.backoff.clone(),
     ));
+    let transfer = Arc::new(Transfer::new(w, cfg.transfer.clone()));
     // One task per loop, so a multi-threaded runtime runs them in parallel.
     // The guards abort every loop if this future is dropped (a crash, in
     // the demo), so no loop outlives its service.
