@@ -175,46 +175,45 @@ impl EmbeddedRedis {
         self.engine.lock().execute(&mut self.session, now, args)
     }
 
-    /// Waits, without blocking the thread, while another thread holds the
-    /// engine: like a client waiting on a busy server, the task yields so
-    /// its thread can do other work meanwhile. (The engine is never held
+    /// Takes the engine without parking the thread: while another thread
+    /// holds it, the task yields so its worker runs other tasks meanwhile,
+    /// like a client waiting on a busy server. (The engine is never held
     /// across an await, so on one thread this never waits.)
-    async fn engine_free(&self) {
-        while self.engine.is_locked() {
+    async fn engine_lock(engine: &Mutex<Engine>) -> parking_lot::MutexGuard<'_, Engine> {
+        loop {
+            if let Some(guard) = engine.try_lock() {
+                return guard;
+            }
             tokio::task::yield_now().await;
         }
     }
 
-    fn run_command(&mut self, cmd: &Cmd) -> RedisResult<redis::Value> {
-        let EmbeddedRedis {
-            engine,
-            clock,
-            session,
-            fault,
-        } = self;
-        let now = clock.now_ms();
-        let outcome = with_args(cmd, |args| {
-            let kind = fault.as_ref().and_then(|hook| hook(&command_name(args)));
-            if kind == Some(FaultKind::ErrorBeforeExecute) {
-                return Err(dropped("before execute"));
-            }
-            let reply = engine.lock().execute(session, now, args);
-            if kind == Some(FaultKind::ErrorAfterExecute) {
-                return Err(dropped("after execute"));
-            }
-            Ok(reply)
-        });
-        match outcome {
-            Ok(reply) => Ok(to_value(reply)),
-            Err(e) => {
-                // A dropped connection takes its server-side state with it.
-                session.reset();
-                Err(e)
-            }
+    async fn run_command(&mut self, cmd: &Cmd) -> RedisResult<redis::Value> {
+        // Ask the fault hook first, outside the engine lock (a hook may
+        // inspect the engine).
+        let kind = match &self.fault {
+            Some(hook) => with_args(cmd, |args| hook(&command_name(args))),
+            None => None,
+        };
+        if kind == Some(FaultKind::ErrorBeforeExecute) {
+            self.session.reset();
+            return Err(dropped("before execute"));
         }
+        let reply = {
+            let mut engine = Self::engine_lock(&self.engine).await;
+            let now = self.clock.now_ms();
+            let session = &mut self.session;
+            with_args(cmd, |args| engine.execute(session, now, args))
+        };
+        if kind == Some(FaultKind::ErrorAfterExecute) {
+            // A dropped connection takes its server-side state with it.
+            self.session.reset();
+            return Err(dropped("after execute"));
+        }
+        Ok(to_value(reply))
     }
 
-    fn run_pipeline(
+    async fn run_pipeline(
         &mut self,
         pipeline: &Pipeline,
         offset: usize,
@@ -252,8 +251,8 @@ impl EmbeddedRedis {
         }
         let mut replies: Vec<Reply> = Vec::with_capacity(pipeline.len() + 2);
         {
+            let mut engine = Self::engine_lock(&self.engine).await;
             let now = self.clock.now_ms();
-            let mut engine = self.engine.lock();
             let session = &mut self.session;
             for cmd in wrapped().take(runs) {
                 replies.push(with_args(cmd, |args| engine.execute(session, now, args)));
@@ -298,10 +297,7 @@ impl EmbeddedRedis {
 impl ConnectionLike for EmbeddedRedis {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         // Run when polled, like a real connection that sends on first poll.
-        Box::pin(async move {
-            self.engine_free().await;
-            self.run_command(cmd)
-        })
+        Box::pin(self.run_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -310,10 +306,7 @@ impl ConnectionLike for EmbeddedRedis {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(async move {
-            self.engine_free().await;
-            self.run_pipeline(pipeline, offset, count)
-        })
+        Box::pin(self.run_pipeline(pipeline, offset, count))
     }
 
     fn get_db(&self) -> i64 {
