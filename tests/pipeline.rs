@@ -433,14 +433,8 @@ fn rebalances_mid_stream_lose_and_duplicate_nothing() {
         "the rebalances happen mid-stream: {lag_when_joining:?}"
     );
     let (h, misplaced) = {
-        let mut eng = w.engine.lock();
-        history::collect(
-            &w.log,
-            &w.cfg.transfer.topics,
-            &w.store,
-            &mut eng,
-            w.clock.now_ms(),
-        )
+        let dump = history::dump(&mut w.engine.lock(), w.clock.now_ms());
+        history::collect(&w.log, &w.cfg.transfer.topics, &w.store, &dump)
     };
     let r = check::check(&h);
     assert_eq!((r.anomalies(), misplaced), (0, 0), "{:?}", r.examples);

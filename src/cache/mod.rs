@@ -26,6 +26,10 @@
 //! Every seq handed out comes from a Mongo reservation, so seqs stay unique
 //! across Redis restarts; the unused rest of a block is a gap, as in OpenIM.
 
+pub mod dump;
+
+pub use dump::RedisDump;
+
 use std::sync::LazyLock;
 use std::time::Duration;
 

@@ -428,7 +428,9 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     let t_audit = clock.monotonic_us();
     let (hist, misplaced) = {
         let mut eng = engine.lock();
-        history::collect(&log, &topics, &store, &mut eng, clock.now_ms())
+        let dump = history::dump(&mut eng, clock.now_ms());
+        drop(eng);
+        history::collect(&log, &topics, &store, &dump)
     };
     let report = check::check(&hist);
     let audit_s = (clock.monotonic_us() - t_audit) as f64 / 1e6;

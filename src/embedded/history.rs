@@ -8,8 +8,12 @@
 use prost::Message;
 
 use super::log::EmbeddedLog;
+use std::collections::BTreeMap;
+
 use super::redis::{Engine, Value};
 use super::store::EmbeddedStore;
+use crate::cache::RedisDump;
+use crate::cache::dump::PREFIXES;
 use crate::check::{History, Input, Seen};
 use crate::domain::{bucket, cache_json, categorise};
 use crate::pipeline::transfer::Topics;
@@ -31,11 +35,28 @@ fn per_partition(
     out
 }
 
-fn hash_value(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::Hash(h) => h.get(b"value".as_slice()).map(Vec::as_slice),
-        _ => None,
+/// The embedded keyspace's hashes under the checker's prefixes, in the
+/// shape a real server's dump has.
+pub fn dump(redis: &mut Engine, now_ms: i64) -> RedisDump {
+    let mut out = RedisDump::default();
+    for prefix in PREFIXES {
+        for (key, value) in redis.scan_prefix(now_ms, prefix.as_bytes()) {
+            let fields = match value {
+                Value::Hash(h) => h.into_iter().collect(),
+                Value::Str(_) => BTreeMap::new(),
+            };
+            out.hashes.insert(key, fields);
+        }
     }
+    out
+}
+
+fn field<'a>(fields: &'a BTreeMap<Vec<u8>, Vec<u8>>, name: &str) -> Option<&'a [u8]> {
+    fields.get(name.as_bytes()).map(Vec::as_slice)
+}
+
+fn field_i64(fields: &BTreeMap<Vec<u8>, Vec<u8>>, name: &str) -> Option<i64> {
+    std::str::from_utf8(field(fields, name)?).ok()?.parse().ok()
 }
 
 /// Collects the history of a run. Records that do not decode are skipped
@@ -45,8 +66,7 @@ pub fn collect(
     log: &EmbeddedLog,
     topics: &Topics,
     store: &EmbeddedStore,
-    redis: &mut Engine,
-    now_ms: i64,
+    redis: &RedisDump,
 ) -> (History, u64) {
     let mut h = History::default();
     let mut misplaced = 0u64;
@@ -100,12 +120,12 @@ pub fn collect(
             seq: m.seq,
         });
     });
-    for (key, value) in redis.scan_prefix(now_ms, b"MSG_CACHE:") {
-        let key = String::from_utf8_lossy(&key[b"MSG_CACHE:".len()..]).into_owned();
+    for (key, fields) in redis.with_prefix("MSG_CACHE:") {
+        let key = String::from_utf8_lossy(key);
         let parsed = key
             .rsplit_once(':')
             .and_then(|(c, s)| Some((c.to_string(), s.parse::<i64>().ok()?)));
-        let ident = hash_value(&value).and_then(cache_json::decode_identity);
+        let ident = field(fields, "value").and_then(cache_json::decode_identity);
         match (parsed, ident) {
             (Some((conv, seq)), Some(id)) => {
                 if id.seq != seq {
@@ -120,25 +140,18 @@ pub fn collect(
             _ => misplaced += 1,
         }
     }
-    for (key, value) in redis.scan_prefix(now_ms, b"MALLOC_SEQ:") {
-        let conv = String::from_utf8_lossy(&key[b"MALLOC_SEQ:".len()..]).into_owned();
-        if let Value::Hash(fields) = &value {
-            let curr = fields
-                .get(b"CURR".as_slice())
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
-            h.max_seqs.insert(conv, curr);
-        }
+    for (key, fields) in redis.with_prefix("MALLOC_SEQ:") {
+        let conv = String::from_utf8_lossy(key).into_owned();
+        h.max_seqs
+            .insert(conv, field_i64(fields, "CURR").unwrap_or(0));
     }
-    for (key, value) in redis.scan_prefix(now_ms, b"SEQ_USER_READ:") {
-        let rest = String::from_utf8_lossy(&key[b"SEQ_USER_READ:".len()..]).into_owned();
+    for (key, fields) in redis.with_prefix("SEQ_USER_READ:") {
+        let rest = String::from_utf8_lossy(key);
         let Some((conv, user)) = rest.rsplit_once(':') else {
             misplaced += 1;
             continue;
         };
-        let read = hash_value(&value)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-            .unwrap_or(0);
+        let read = field_i64(fields, "value").unwrap_or(0);
         h.read_seqs
             .push((user.to_string(), conv.to_string(), read, "redis"));
     }
