@@ -12,6 +12,8 @@
 //!   receipts, buckets, the cache JSON and the Mongo model. No IO.
 //! - [`ports`]: the deterministic IO seam — traits for the log, the document
 //!   store, the new-conversation hook, the clock and the RNG.
+//! - [`backends`]: adapters of the ports over real MongoDB (Redis needs
+//!   none: the `redis` crate's connections implement `ConnectionLike`).
 //! - [`cache`]: the Redis side (dedup, seq allocation, message cache, read
 //!   seqs) written against `redis::aio::ConnectionLike`.
 //! - [`pipeline`]: the consumers — ordering, per-conversation batching,
@@ -28,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backends;
 pub mod cache;
 pub mod check;
 pub mod demo;

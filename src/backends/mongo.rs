@@ -1,0 +1,243 @@
+//! [`DocStore`] over MongoDB with the `mongodb` driver.
+//!
+//! Only operations both MongoDB 5+ and FerretDB v1 accept: `createIndexes`,
+//! `findAndModify` with upsert, `update` and `insert`. No transactions, no
+//! `bulkWrite`, no array filters or positional operators.
+//!
+//! Collections and documents are OpenIM's (reference §5.1, §7.2, §8):
+//! - `seq {conversation_id, max_seq, min_seq}`, unique on `conversation_id`;
+//! - `msg {doc_id, msgs: [100 × {msg, revoke, del_list, is_read}]}`, unique
+//!   on `doc_id`;
+//! - `seq_user {user_id, conversation_id, min_seq, max_seq, read_seq}`,
+//!   unique on `(user_id, conversation_id)`.
+
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+
+use crate::domain::bucket::SLOTS_PER_DOC;
+use crate::ports::BoxFuture;
+use crate::ports::store::{DocStore, SlotWrite, StoreError};
+
+/// MongoDB's "duplicate key" error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The service's collections in one database.
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    msg: Collection<Document>,
+    seq: Collection<Document>,
+    seq_user: Collection<Document>,
+}
+
+impl MongoStore {
+    /// The store over `db` (OpenIM's default database is `openim_v3`).
+    pub fn new(db: &Database) -> Self {
+        Self {
+            msg: db.collection("msg"),
+            seq: db.collection("seq"),
+            seq_user: db.collection("seq_user"),
+        }
+    }
+
+    /// Connects to `uri` and uses `database`. The driver connects lazily;
+    /// this sends a `ping` so that a wrong address fails here, at start-up.
+    pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
+        let client = mongodb::Client::with_uri_str(uri)
+            .await
+            .map_err(|e| StoreError::Refused(format!("mongodb uri {uri:?}: {e}")))?;
+        let db = client.database(database);
+        db.run_command(doc! {"ping": 1}).await.map_err(classify)?;
+        Ok(Self::new(&db))
+    }
+
+    async fn write_bucket_inner(
+        &self,
+        doc_id: String,
+        slots: Vec<SlotWrite>,
+    ) -> Result<(), StoreError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut set = Document::new();
+        let mut models = Vec::with_capacity(slots.len());
+        for (i, m) in &slots {
+            if *i >= SLOTS_PER_DOC as usize {
+                return Err(StoreError::Refused(format!(
+                    "slot {i} out of range in {doc_id}"
+                )));
+            }
+            let model = bson::to_bson(m)
+                .map_err(|e| StoreError::Refused(format!("encoding a message: {e}")))?;
+            set.insert(format!("msgs.{i}.msg"), model.clone());
+            models.push((*i, model));
+        }
+        // Overwrite only `msgs.N.msg` of an existing bucket; create a
+        // missing one whole. If another writer creates it between our two
+        // steps, the insert hits the unique index and we update after all.
+        for _ in 0..3 {
+            let updated = self
+                .msg
+                .update_one(doc! {"doc_id": &doc_id}, doc! {"$set": set.clone()})
+                .await
+                .map_err(classify)?;
+            if updated.matched_count > 0 {
+                return Ok(());
+            }
+            let mut msgs: Vec<Bson> = (0..SLOTS_PER_DOC).map(|_| empty_slot(Bson::Null)).collect();
+            for (i, model) in &models {
+                msgs[*i] = empty_slot(model.clone());
+            }
+            match self
+                .msg
+                .insert_one(doc! {"doc_id": &doc_id, "msgs": msgs})
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "bucket {doc_id} neither updatable nor insertable"
+        )))
+    }
+}
+
+fn empty_slot(msg: Bson) -> Bson {
+    Bson::Document(doc! {
+        "msg": msg,
+        "revoke": Bson::Null,
+        "del_list": Bson::Array(Vec::new()),
+        "is_read": false,
+    })
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+/// Network trouble, timeouts and server-side transient states mean "may or
+/// may not have happened, try again"; anything else is a refusal.
+fn classify(e: mongodb::error::Error) -> StoreError {
+    let transient = matches!(
+        e.kind.as_ref(),
+        ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+    ) || e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+        || e.contains_label("TransientTransactionError");
+    if transient {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Refused(e.to_string())
+    }
+}
+
+impl DocStore for MongoStore {
+    fn ensure_indexes(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let unique = || IndexOptions::builder().unique(true).build();
+            self.msg
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {"doc_id": 1})
+                        .options(unique())
+                        .build(),
+                )
+                .await
+                .map_err(classify)?;
+            self.seq
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {"conversation_id": 1})
+                        .options(unique())
+                        .build(),
+                )
+                .await
+                .map_err(classify)?;
+            self.seq_user
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {"user_id": 1, "conversation_id": 1})
+                        .options(unique())
+                        .build(),
+                )
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn reserve_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        block: i64,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            // As OpenIM: $inc with upsert, read the value after and step
+            // back by the block.
+            let after = self
+                .seq
+                .find_one_and_update(
+                    doc! {"conversation_id": conversation_id},
+                    doc! {"$inc": {"max_seq": block}, "$setOnInsert": {"min_seq": 0_i64}},
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(classify)?
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!("seq of {conversation_id}: no document"))
+                })?;
+            let max = match after.get("max_seq") {
+                Some(Bson::Int64(v)) => *v,
+                Some(Bson::Int32(v)) => i64::from(*v),
+                Some(Bson::Double(v)) => *v as i64,
+                other => {
+                    return Err(StoreError::Refused(format!(
+                        "seq of {conversation_id}: max_seq is {other:?}"
+                    )));
+                }
+            };
+            Ok(max - block)
+        })
+    }
+
+    fn write_bucket(
+        &self,
+        doc_id: String,
+        slots: Vec<SlotWrite>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write_bucket_inner(doc_id, slots))
+    }
+
+    fn raise_read_seq<'a>(
+        &'a self,
+        user_id: &'a str,
+        conversation_id: &'a str,
+        seq: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // $max is atomic and never moves the read seq backwards.
+            self.seq_user
+                .update_one(
+                    doc! {"user_id": user_id, "conversation_id": conversation_id},
+                    doc! {
+                        "$max": {"read_seq": seq},
+                        "$setOnInsert": {"min_seq": 0_i64, "max_seq": 0_i64},
+                    },
+                )
+                .upsert(true)
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! Endpoints of the real backends for the integration suites.
+//!
+//! Each comes from the environment (`REDIS_URL`, `KAFKA_BROKERS`,
+//! `MONGODB_URI`, as `ci/backends.sh env` prints them). When one is missing
+//! the test fails and says how to start the backends: an integration test
+//! that cannot reach its backend must never pass silently.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const HOW: &str = "start the local backends with `ci/backends.sh up` and then \
+                   `eval \"$(ci/backends.sh env)\"` (or run `ci/test.sh`, which does both)";
+
+fn endpoint(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!("{var} is not set: this suite needs a real backend; {HOW}"),
+    }
+}
+
+/// The real Redis, e.g. `redis://127.0.0.1:6379/`.
+pub fn redis_url() -> String {
+    endpoint("REDIS_URL")
+}
+
+/// A prefix no other test (in this run or an earlier one against the same
+/// server) uses, so tests can share one server without flushing it.
+pub fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Process id and a per-process counter identify this test in this run;
+    // the time of day keeps runs apart on a long-lived server. (Tests may
+    // read the wall clock: they are not the deterministic core.)
+    #[allow(clippy::disallowed_methods)]
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{tag}{:x}x{:x}x{}",
+        std::process::id(),
+        nanos & 0xffff_ffff,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A multiplexed connection to the real Redis.
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str())
+        .unwrap_or_else(|e| panic!("REDIS_URL={url} is not a Redis URL: {e}"));
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}; {HOW}"))
+}
+
+/// The real MongoDB (or FerretDB), e.g. `mongodb://127.0.0.1:27017/`.
+pub fn mongodb_uri() -> String {
+    endpoint("MONGODB_URI")
+}
+
+/// A database of its own for one test, on the real MongoDB.
+pub async fn mongo_db(tag: &str) -> mongodb::Database {
+    let uri = mongodb_uri();
+    let client = mongodb::Client::with_uri_str(&uri)
+        .await
+        .unwrap_or_else(|e| panic!("MONGODB_URI={uri} is not usable: {e}"));
+    let db = client.database(&unique(tag));
+    db.run_command(mongodb::bson::doc! {"ping": 1})
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach MongoDB at {uri}: {e}; {HOW}"));
+    db
+}
