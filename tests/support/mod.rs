@@ -72,3 +72,29 @@ pub async fn mongo_db(tag: &str) -> mongodb::Database {
         .unwrap_or_else(|e| panic!("cannot reach MongoDB at {uri}: {e}; {HOW}"));
     db
 }
+
+/// The real Kafka brokers, e.g. `127.0.0.1:9092`.
+pub fn kafka_brokers() -> String {
+    endpoint("KAFKA_BROKERS")
+}
+
+/// Creates `topic` with `partitions` partitions on the real Kafka.
+pub async fn kafka_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let brokers = kafka_brokers();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap_or_else(|e| panic!("KAFKA_BROKERS={brokers}: {e}"));
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(20))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Kafka at {brokers}: {e}; {HOW}"));
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The log ports over Apache Kafka with `rdkafka` (bundled librdkafka).
+//!
+//! Consumer: a consumer-group member on one topic. Offsets are never stored
+//! automatically: the pipeline's [`LogConsumer::commit`] stores the offset
+//! to resume from only once every effect of the records before it is
+//! acknowledged, librdkafka's auto-commit sends what was stored every
+//! `auto.commit.interval.ms`, and on a revocation (and on close) what was
+//! stored is committed synchronously before the partitions go. Assignments
+//! and revocations reach the pipeline as [`ConsumerEvent`]s, ahead of any
+//! record of the new assignment.
+//!
+//! Producer: `acks=all` with idempotence, so a retried produce cannot
+//! duplicate or reorder within a partition; the partition is chosen with
+//! sarama's hash (what OpenIM's producers use), so our records of one key
+//! land where OpenIM's would.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::domain::context::Header;
+use crate::embedded::log::sarama_partition;
+use crate::ports::log::{Ack, Delivered};
+use crate::ports::{
+    BoxFuture, ConsumerEvent, LogConsumer, LogError, LogProducer, OutRecord, Record,
+};
+
+/// Connection settings shared by consumers and producers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// SASL/PLAIN user (with `password`), if any.
+    pub username: Option<String>,
+    /// SASL/PLAIN password.
+    pub password: Option<String>,
+    /// Producer compression: none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Largest record the producer sends, bytes.
+    pub max_message_bytes: usize,
+    /// Consumer session timeout.
+    pub session_timeout: Duration,
+    /// How often stored offsets are committed.
+    pub commit_interval: Duration,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".into()],
+            username: None,
+            password: None,
+            compression: "none".into(),
+            max_message_bytes: 1_000_000,
+            session_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl KafkaSettings {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers.join(","));
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            c.set("security.protocol", "SASL_PLAINTEXT")
+                .set("sasl.mechanisms", "PLAIN")
+                .set("sasl.username", u)
+                .set("sasl.password", p);
+        }
+        c
+    }
+}
+
+fn unavailable(e: KafkaError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+/// Forwards librdkafka's rebalance callbacks to the consumer's event queue
+/// and commits stored offsets before partitions are taken away.
+struct Rebalancer {
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+}
+
+impl ClientContext for Rebalancer {}
+
+impl ConsumerContext for Rebalancer {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Everything the pipeline finished has been stored; make it
+            // durable while the partitions are still ours. A failure here
+            // only means redelivery to the next owner.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                    tracing::warn!(error = %e, "commit on revoke failed; the next owner redelivers");
+                }
+            }
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let _ = self.events.send(ConsumerEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let _ = self.events.send(ConsumerEvent::Assigned(parts));
+        }
+    }
+}
+
+/// A consumer-group member on one topic.
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<Rebalancer>>,
+    events: mpsc::UnboundedReceiver<ConsumerEvent>,
+    topic: Arc<str>,
+    /// Records received while an event was pending, handed out next.
+    held: Vec<Record>,
+}
+
+impl KafkaConsumer {
+    /// Joins `group` and subscribes to `topic`.
+    pub fn new(settings: &KafkaSettings, group: &str, topic: &str) -> Result<Self, LogError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<Rebalancer> = settings
+            .base()
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                settings.commit_interval.as_millis().max(1).to_string(),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(Rebalancer { events: tx })
+            .map_err(|e| LogError::Refused(format!("kafka consumer: {e}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| LogError::Refused(format!("subscribe {topic}: {e}")))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            events: rx,
+            topic: topic.into(),
+            held: Vec::new(),
+        })
+    }
+
+    /// Commits what was stored, synchronously (for shutdown).
+    pub fn commit_stored(&self) -> Result<(), LogError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn convert(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let headers: Vec<Header> = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: self.topic.clone(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            headers: headers.into(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        }
+    }
+}
+
+impl LogConsumer for KafkaConsumer {
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<ConsumerEvent, LogError>> {
+        Box::pin(async move {
+            // Events first: records of a new assignment must not overtake
+            // the assignment itself.
+            if let Ok(ev) = self.events.try_recv() {
+                return Ok(ev);
+            }
+            if !self.held.is_empty() {
+                return Ok(ConsumerEvent::Records(std::mem::take(&mut self.held)));
+            }
+            let consumer = self.consumer.clone();
+            let first = match tokio::time::timeout(wait, consumer.recv()).await {
+                Err(_) => {
+                    return Ok(match self.events.try_recv() {
+                        Ok(ev) => ev,
+                        Err(_) => ConsumerEvent::Idle,
+                    });
+                }
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Ok(Ok(m)) => self.convert(&m),
+            };
+            let mut out = vec![first];
+            while out.len() < max {
+                match futures::FutureExt::now_or_never(consumer.recv()) {
+                    Some(Ok(m)) => out.push(self.convert(&m)),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Ok(ev) = self.events.try_recv() {
+                // A rebalance happened while receiving: report it first.
+                // Records of revoked partitions are dropped here (their next
+                // owner reads them from the committed offset).
+                if let ConsumerEvent::Revoked(parts) = &ev {
+                    out.retain(|r| !parts.contains(&r.partition));
+                }
+                self.held = out;
+                return Ok(ev);
+            }
+            Ok(ConsumerEvent::Records(out))
+        })
+    }
+
+    fn commit(&mut self, offsets: Vec<(i32, i64)>) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            let mut tpl = TopicPartitionList::new();
+            for (p, next) in offsets {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                    .map_err(unavailable)?;
+            }
+            self.consumer.store_offsets(&tpl).map_err(|e| match e {
+                KafkaError::StoreOffset(RDKafkaErrorCode::State) => {
+                    LogError::Refused("partition no longer assigned".into())
+                }
+                e => unavailable(e),
+            })
+        })
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // Make what was stored durable before leaving the group.
+        let _ = self.commit_stored();
+    }
+}
+
+/// A producer to any topic.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    max_bytes: usize,
+    /// Partition counts per topic, looked up once.
+    partitions: Arc<Mutex<BTreeMap<Arc<str>, i32>>>,
+}
+
+impl KafkaProducer {
+    /// A producer with `acks=all` and idempotence.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, LogError> {
+        let producer: FutureProducer = settings
+            .base()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &settings.compression)
+            .set("message.max.bytes", settings.max_message_bytes.to_string())
+            .set("linger.ms", "2")
+            .create()
+            .map_err(|e| LogError::Refused(format!("kafka producer: {e}")))?;
+        Ok(Self {
+            producer,
+            max_bytes: settings.max_message_bytes,
+            partitions: Arc::default(),
+        })
+    }
+
+    /// Partitions of `topic`, from the broker's metadata (cached).
+    async fn partition_count(&self, topic: &Arc<str>) -> Result<i32, LogError> {
+        if let Some(n) = self.partitions.lock().get(topic) {
+            return Ok(*n);
+        }
+        let client = self.producer.clone();
+        let name = topic.to_string();
+        let n = tokio::task::spawn_blocking(move || {
+            let md = client
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(10))?;
+            Ok::<i32, KafkaError>(
+                md.topics()
+                    .first()
+                    .map(|t| t.partitions().len() as i32)
+                    .unwrap_or(0),
+            )
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(e.to_string()))?
+        .map_err(unavailable)?;
+        if n <= 0 {
+            return Err(LogError::Unavailable(format!(
+                "topic {topic} has no partitions yet"
+            )));
+        }
+        self.partitions.lock().insert(topic.clone(), n);
+        Ok(n)
+    }
+
+    /// Flushes queued records (for shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+        self.producer.flush(timeout).map_err(unavailable)
+    }
+}
+
+impl LogProducer for KafkaProducer {
+    fn send(&self, record: OutRecord) -> Ack {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.partition_count(&record.topic).await?;
+            let partition = sarama_partition(&record.key, n);
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (k, v) in record.headers.iter() {
+                headers = headers.insert(KHeader {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let fr = FutureRecord::to(&record.topic)
+                .partition(partition)
+                .key(record.key.as_ref())
+                .payload(record.value.as_ref())
+                .headers(headers);
+            match this.producer.send(fr, Duration::from_secs(30)).await {
+                Ok(d) => Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    Err(LogError::TooLarge {
+                        size: record.size(),
+                        limit: this.max_bytes,
+                    })
+                }
+                Err((e, _)) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.max_bytes
+    }
+}
