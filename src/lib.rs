@@ -22,6 +22,7 @@
 //!   zero-setup demo and fast deterministic tests.
 //! - [`check`]: the history checker shared by the demo, the simulator and
 //!   `audit`.
+//! - [`config`]: the daemon's configuration, read from OpenIM's config folder.
 //! - [`demo`]: the zero-setup main job: traffic, service, audit.
 //!
 //! Nothing in `domain`, `pipeline`, `cache` or `check` reads the wall clock,
@@ -33,6 +34,7 @@
 pub mod backends;
 pub mod cache;
 pub mod check;
+pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod embedded;
