@@ -23,6 +23,8 @@
 //! - [`check`]: the history checker shared by the demo, the simulator and
 //!   `audit`.
 //! - [`config`]: the daemon's configuration, read from OpenIM's config folder.
+//! - [`daemon`]: `msgtransfer run`, the service on real Kafka, Redis and
+//!   MongoDB.
 //! - [`demo`]: the zero-setup main job: traffic, service, audit.
 //!
 //! Nothing in `domain`, `pipeline`, `cache` or `check` reads the wall clock,
@@ -35,6 +37,7 @@ pub mod backends;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod embedded;

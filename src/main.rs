@@ -57,6 +57,53 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Run the service on real Kafka, Redis and MongoDB, configured from an
+    /// OpenIM config folder (with IMENV_* overrides), until SIGTERM.
+    Run {
+        /// OpenIM config folder (openim-msgtransfer.yml, kafka.yml, ...).
+        #[arg(short = 'c', long = "config_folder_path", alias = "config")]
+        config: std::path::PathBuf,
+        /// Instance index (picks prometheus.ports[index]).
+        #[arg(short = 'i', long, default_value_t = 0)]
+        index: usize,
+    },
+}
+
+fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
+    let cfg = match msgtransfer::daemon::load_config(dir, index) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MSGTRANSFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log.level()));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        msgtransfer::config::LogFormat::Json => logs.json().init(),
+        msgtransfer::config::LogFormat::Text => logs.init(),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(msgtransfer::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logs() {
@@ -79,8 +126,12 @@ fn main() -> ExitCode {
         libmimalloc_sys::mi_option_set_enabled(libmimalloc_sys::mi_option_large_os_pages, true)
     };
     let cli = Cli::parse();
+    if let Command::Run { config, index } = &cli.command {
+        return run_daemon(config, *index);
+    }
     init_logs();
     match cli.command {
+        Command::Run { .. } => unreachable!("handled above"),
         Command::Demo {
             messages,
             conversations,

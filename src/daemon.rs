@@ -1,0 +1,195 @@
+//! `msgtransfer run`: the production daemon on real Kafka, Redis and
+//! MongoDB, configured from OpenIM's config folder.
+//!
+//! Start-up order (every failure aborts with the backend named): load and
+//! validate the configuration, connect MongoDB and create the indexes,
+//! connect Redis, create the Kafka producer, join the `toRedis` group with
+//! `transferLoops` members and the `toMongo` group with one, then run the
+//! service until SIGTERM or SIGINT. A signal stops consuming; running
+//! batches finish (bounded by `drainTimeout`), finished offsets are
+//! committed, and the process exits 0.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
+use crate::backends::mongo::MongoStore;
+use crate::config::{self, Config, RedisMode};
+use crate::metrics::Metrics;
+use crate::ports::hook::{ConversationHook, HookError, NewConversation};
+use crate::ports::{BoxFuture, LogConsumer, SeededRng};
+use crate::service::{self, Wiring};
+
+/// Announces new conversations in the log.
+///
+/// OpenIM's MsgTransfer calls the conversation RPC here; this build has no
+/// client for it yet, so the daemon records each first message of a chat
+/// at info level (conversation ID, session type, sender, receiver or
+/// group), which is what an operator needs to create the rows by hand.
+struct LoggedConversations;
+
+impl ConversationHook for LoggedConversations {
+    fn created(&self, conv: NewConversation) -> BoxFuture<'_, Result<(), HookError>> {
+        tracing::info!(
+            conversation_id = %conv.conversation_id,
+            session_type = conv.session_type,
+            send_id = %conv.send_id,
+            recv_id = %conv.recv_id,
+            group_id = %conv.group_id,
+            operation_id = %conv.operation_id,
+            "new conversation"
+        );
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Loads `dir` for instance `index` with the process environment.
+pub fn load_config(dir: &Path, index: usize) -> anyhow::Result<Config> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    config::load(dir, index, &env).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
+    let k = &cfg.kafka;
+    if k.tls.enabled {
+        anyhow::bail!(
+            "kafka.yml: tls.enableTLS: TLS to Kafka is not supported by this build yet; \
+             use a plaintext or SASL/PLAIN listener"
+        );
+    }
+    let (username, password) = match k.sasl_plain() {
+        Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+        None => (None, None),
+    };
+    Ok(KafkaSettings {
+        brokers: k.addresses.clone(),
+        username,
+        password,
+        compression: k.compression.as_str().to_string(),
+        max_message_bytes: cfg.tuning.producer_max_record_bytes,
+        ..KafkaSettings::default()
+    })
+}
+
+async fn connect_redis(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let r = &cfg.redis;
+    match &r.mode {
+        RedisMode::Standalone => {}
+        RedisMode::Cluster | RedisMode::Sentinel(_) => anyhow::bail!(
+            "redis.yml: redisMode: only standalone Redis is supported by this build yet"
+        ),
+    }
+    let addr = r
+        .addresses
+        .first()
+        .context("redis.yml: address: no Redis address")?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("redis.yml: address: {addr:?} is not host:port"))?;
+    let mut redis_info = redis::RedisConnectionInfo::default().set_db(i64::from(r.db));
+    if !r.username.is_empty() {
+        redis_info = redis_info.set_username(r.username.clone());
+    }
+    if !r.password.is_empty() {
+        redis_info = redis_info.set_password(r.password.clone());
+    }
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
+            .context("redis address")?
+            .set_redis_settings(redis_info);
+    let client = redis::Client::open(info).context("redis client")?;
+    let mut conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .with_context(|| format!("connecting to Redis at {addr}"))?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut conn)
+        .await
+        .with_context(|| format!("PING to Redis at {addr}"))?;
+    Ok(conn)
+}
+
+/// Runs the daemon until a signal, then drains.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let service_cfg = cfg.service_config();
+    tracing::info!(
+        config = %cfg.dir.display(),
+        index = cfg.index,
+        brokers = ?cfg.kafka.addresses,
+        to_redis = %cfg.kafka.to_redis_topic,
+        "msgtransfer starting"
+    );
+
+    let store = MongoStore::connect(&cfg.mongo.uri, &cfg.mongo.database)
+        .await
+        .map_err(|e| anyhow::anyhow!("mongodb.yml: connecting to MongoDB: {e}"))?;
+    crate::ports::DocStore::ensure_indexes(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("MongoDB indexes: {e}"))?;
+    let redis = connect_redis(&cfg).await?;
+    let kafka = kafka_settings(&cfg)?;
+    let producer = KafkaProducer::new(&kafka).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let topics = &service_cfg.transfer.topics;
+    let mut transfer_in: Vec<Box<dyn LogConsumer>> = Vec::new();
+    for _ in 0..cfg.tuning.transfer_loops.max(1) {
+        let c = KafkaConsumer::new(&kafka, &service_cfg.groups.to_redis, &topics.to_redis)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        transfer_in.push(Box::new(c));
+    }
+    let persist_in: Box<dyn LogConsumer> = Box::new(
+        KafkaConsumer::new(&kafka, &service_cfg.groups.to_mongo, &topics.to_mongo)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+
+    // Lock tokens and backoff jitter only need to differ between
+    // processes, not to be secret: seed from the process id and start time.
+    #[allow(clippy::disallowed_methods)]
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let metrics = Arc::new(Metrics::default());
+    let wiring = Wiring {
+        redis,
+        store: Arc::new(store),
+        producer: Arc::new(producer.clone()),
+        hook: Arc::new(LoggedConversations),
+        clock: Arc::new(crate::ports::clock::SystemClock::new()),
+        rng: Arc::new(SeededRng::new(seed)),
+        metrics: metrics.clone(),
+    };
+
+    let (tx, rx) = watch::channel(false);
+    let mut svc = tokio::spawn({
+        let cfg = service_cfg.clone();
+        async move { service::run(wiring, transfer_in, persist_in, &cfg, rx).await }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = &mut svc => {
+            r.context("service task")??;
+            anyhow::bail!("the service stopped on its own");
+        }
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    let _ = tx.send(true);
+    svc.await.context("service task")??;
+    producer
+        .flush(Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("flushing the producer: {e}"))?;
+    tracing::info!(
+        records_in = Metrics::get(&metrics.records_in),
+        persisted = Metrics::get(&metrics.msgs_persisted),
+        "msgtransfer stopped"
+    );
+    Ok(())
+}
