@@ -48,6 +48,74 @@ impl ConversationHook for LoggedConversations {
     }
 }
 
+/// The Prometheus name of a counter: OpenIM's own names (already ending in
+/// `_total`) as they are, ours under a `msgtransfer_` prefix.
+pub fn prometheus_name(counter: &str) -> String {
+    if counter.ends_with("_total") {
+        counter.to_string()
+    } else {
+        format!("msgtransfer_{counter}_total")
+    }
+}
+
+/// The counters in Prometheus' text exposition format.
+pub fn render_metrics(metrics: &Metrics) -> String {
+    let mut out = String::new();
+    for (name, value) in metrics.snapshot() {
+        let name = prometheus_name(name);
+        out.push_str(&format!("# TYPE {name} counter\n{name} {value}\n"));
+    }
+    out
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the
+/// service is running and not draining) over plain HTTP/1.1, one request
+/// per connection.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            while n < buf.len() {
+                match sock.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", render_metrics(&metrics)),
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" if *ready.borrow() => ("200 OK", "ready\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
 /// Loads `dir` for instance `index` with the process environment.
 pub fn load_config(dir: &Path, index: usize) -> anyhow::Result<Config> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -166,6 +234,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
 
+    let (ready_tx, ready_rx) = watch::channel(false);
+    if let Some(port) = cfg.prometheus_port {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("openim-msgtransfer.yml: prometheus.ports: port {port}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, /healthz, /readyz");
+        tokio::spawn(serve_http(listener, metrics.clone(), ready_rx));
+    }
+
     let (tx, rx) = watch::channel(false);
     let mut svc = tokio::spawn({
         let cfg = service_cfg.clone();
@@ -173,6 +250,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let _ = ready_tx.send(true);
     tokio::select! {
         r = &mut svc => {
             r.context("service task")??;
@@ -181,6 +259,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
+    let _ = ready_tx.send(false);
     let _ = tx.send(true);
     svc.await.context("service task")??;
     producer

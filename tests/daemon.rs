@@ -61,6 +61,23 @@ async fn read_topic(topic: &str, expect_at_least: usize) -> BTreeMap<i32, Vec<Ve
     out
 }
 
+/// A plain HTTP GET on 127.0.0.1: status code and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
     let clock = msgtransfer::ports::clock::SystemClock::new();
@@ -107,6 +124,11 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
             )
         });
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
         .args(["run", "-c", config, "-i", "0"])
         .env("IMENV_KAFKA_ADDRESS", support::kafka_brokers())
@@ -119,7 +141,11 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
             "IMENV_OPENIM_MSGTRANSFER_RUSTTRANSFER_DEADLETTERTOPIC",
             &dlq,
         )
-        .env("IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_ENABLE", "false")
+        .env("IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_ENABLE", "true")
+        .env(
+            "IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_PORTS",
+            metrics_port.to_string(),
+        )
         .env("IMENV_REDIS_ADDRESS", &redis_host)
         .env("IMENV_REDIS_DB", REDIS_DB.to_string())
         .env("IMENV_MONGODB_URI", support::mongodb_uri())
@@ -199,6 +225,28 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
         persisted.len(),
         stored.len()
     );
+
+    // The metrics endpoint counts what happened, under OpenIM's names.
+    let (status, body) = http_get(metrics_port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let counter = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(counter("msg_insert_redis_success_total") >= stored.len() as u64);
+    assert!(counter("msg_insert_mongo_success_total") > 0);
+    assert!(counter("msgtransfer_records_in_total") >= work.records.len() as u64);
+    assert!(
+        counter("msgtransfer_dedup_hits_total") > 0,
+        "producer duplicates were sent"
+    );
+    assert_eq!(http_get(metrics_port, "/healthz").0, 200);
+    assert_eq!(http_get(metrics_port, "/readyz").0, 200);
+    assert_eq!(http_get(metrics_port, "/nope").0, 404);
 
     // SIGTERM: drain and exit 0 within 10 s.
     let pid = child.id().to_string();
