@@ -21,6 +21,7 @@ use msgtransfer::cache::RedisDump;
 use msgtransfer::check::{self, History, Input, Seen};
 use msgtransfer::demo::workload::{WorkloadSpec, generate};
 use msgtransfer::domain::categorise::categorise;
+use msgtransfer::embedded::history;
 use msgtransfer::ports::{Clock, ConsumerEvent, LogConsumer, LogProducer, OutRecord};
 use msgtransfer::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
 use prost::Message;
@@ -91,38 +92,10 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     for t in [&to_redis, &to_mongo, &to_push, &dlq] {
         support::kafka_topic(t, 4).await;
     }
-    let redis_url = format!(
-        "{}/{REDIS_DB}",
-        support::redis_url()
-            .trim_end_matches('/')
-            .trim_end_matches("/0")
-    );
-    let mut redis = redis::Client::open(redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("FLUSHDB")
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
+    let mut redis = support::redis_db_flushed(REDIS_DB).await;
     let db = support::mongo_db("daemon").await;
 
     // The daemon, on the shipped config folder with this run's names.
-    let (redis_host, _) = support::redis_url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .rsplit_once('/')
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .unwrap_or_else(|| {
-            let u = support::redis_url();
-            (
-                u.trim_start_matches("redis://")
-                    .trim_end_matches('/')
-                    .to_string(),
-                String::new(),
-            )
-        });
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -146,7 +119,7 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
             "IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_PORTS",
             metrics_port.to_string(),
         )
-        .env("IMENV_REDIS_ADDRESS", &redis_host)
+        .env("IMENV_REDIS_ADDRESS", support::redis_address())
         .env("IMENV_REDIS_DB", REDIS_DB.to_string())
         .env("IMENV_MONGODB_URI", support::mongodb_uri())
         .env("IMENV_MONGODB_DATABASE", db.name())
@@ -312,27 +285,9 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
         })
         .collect();
     let dump = RedisDump::read(&mut redis).await.unwrap();
-    for (key, fields) in dump.with_prefix("MSG_CACHE:") {
-        let key = String::from_utf8_lossy(key);
-        let (conv, _) = key.rsplit_once(':').unwrap();
-        let id =
-            msgtransfer::domain::cache_json::decode_identity(&fields[b"value".as_slice()]).unwrap();
-        h.cached.push(Seen {
-            conversation_id: conv.to_string(),
-            client_msg_id: id.client_msg_id,
-            seq: id.seq,
-        });
-    }
-    for (key, fields) in dump.with_prefix("MALLOC_SEQ:") {
-        let curr = std::str::from_utf8(&fields[b"CURR".as_slice()])
-            .unwrap()
-            .parse()
-            .unwrap();
-        h.max_seqs
-            .insert(String::from_utf8_lossy(key).into_owned(), curr);
-    }
+    let misplaced = history::add_redis(&mut h, &dump);
     let r = check::check(&h);
-    assert_eq!(r.anomalies(), 0, "{:?}", r.examples);
+    assert_eq!((r.anomalies(), misplaced), (0, 0), "{:?}", r.examples);
     assert_eq!(r.messages, MESSAGES);
     assert_eq!(r.pushed, MESSAGES);
     assert_eq!(r.persisted, r.stored);

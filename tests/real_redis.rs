@@ -344,18 +344,7 @@ async fn pipeline_on_real_redis_passes_the_checker() {
     use msgtransfer::service::{self, ServiceConfig, Wiring};
     use std::time::Duration;
 
-    let url = format!(
-        "{}/5",
-        support::redis_url()
-            .trim_end_matches('/')
-            .trim_end_matches("/0")
-    );
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHDB")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = support::redis_db_flushed(5).await;
 
     let clock: Arc<SystemClock> = Arc::new(SystemClock::new());
     let cfg = ServiceConfig::default();

@@ -59,6 +59,50 @@ fn field_i64(fields: &BTreeMap<Vec<u8>, Vec<u8>>, name: &str) -> Option<i64> {
     std::str::from_utf8(field(fields, name)?).ok()?.parse().ok()
 }
 
+/// Adds what Redis holds (cache entries, max seqs, read seqs) to `h` and
+/// returns how many keys are misplaced (a cache key whose seq disagrees
+/// with the JSON inside, or a key that does not parse). Shared by
+/// [`collect`] and by anything reading a real server back.
+pub fn add_redis(h: &mut History, redis: &RedisDump) -> u64 {
+    let mut misplaced = 0u64;
+    for (key, fields) in redis.with_prefix("MSG_CACHE:") {
+        let key = String::from_utf8_lossy(key);
+        let parsed = key
+            .rsplit_once(':')
+            .and_then(|(c, s)| Some((c.to_string(), s.parse::<i64>().ok()?)));
+        let ident = field(fields, "value").and_then(cache_json::decode_identity);
+        match (parsed, ident) {
+            (Some((conv, seq)), Some(id)) => {
+                if id.seq != seq {
+                    misplaced += 1;
+                }
+                h.cached.push(Seen {
+                    conversation_id: conv,
+                    client_msg_id: id.client_msg_id,
+                    seq: id.seq,
+                });
+            }
+            _ => misplaced += 1,
+        }
+    }
+    for (key, fields) in redis.with_prefix("MALLOC_SEQ:") {
+        let conv = String::from_utf8_lossy(key).into_owned();
+        h.max_seqs
+            .insert(conv, field_i64(fields, "CURR").unwrap_or(0));
+    }
+    for (key, fields) in redis.with_prefix("SEQ_USER_READ:") {
+        let rest = String::from_utf8_lossy(key);
+        let Some((conv, user)) = rest.rsplit_once(':') else {
+            misplaced += 1;
+            continue;
+        };
+        let read = field_i64(fields, "value").unwrap_or(0);
+        h.read_seqs
+            .push((user.to_string(), conv.to_string(), read, "redis"));
+    }
+    misplaced
+}
+
 /// Collects the history of a run. Records that do not decode are skipped
 /// here (they are the dead-letter topic's business); `misplaced` counts
 /// slots and cache keys whose position disagrees with the seq inside.
@@ -120,41 +164,7 @@ pub fn collect(
             seq: m.seq,
         });
     });
-    for (key, fields) in redis.with_prefix("MSG_CACHE:") {
-        let key = String::from_utf8_lossy(key);
-        let parsed = key
-            .rsplit_once(':')
-            .and_then(|(c, s)| Some((c.to_string(), s.parse::<i64>().ok()?)));
-        let ident = field(fields, "value").and_then(cache_json::decode_identity);
-        match (parsed, ident) {
-            (Some((conv, seq)), Some(id)) => {
-                if id.seq != seq {
-                    misplaced += 1;
-                }
-                h.cached.push(Seen {
-                    conversation_id: conv,
-                    client_msg_id: id.client_msg_id,
-                    seq: id.seq,
-                });
-            }
-            _ => misplaced += 1,
-        }
-    }
-    for (key, fields) in redis.with_prefix("MALLOC_SEQ:") {
-        let conv = String::from_utf8_lossy(key).into_owned();
-        h.max_seqs
-            .insert(conv, field_i64(fields, "CURR").unwrap_or(0));
-    }
-    for (key, fields) in redis.with_prefix("SEQ_USER_READ:") {
-        let rest = String::from_utf8_lossy(key);
-        let Some((conv, user)) = rest.rsplit_once(':') else {
-            misplaced += 1;
-            continue;
-        };
-        let read = field_i64(fields, "value").unwrap_or(0);
-        h.read_seqs
-            .push((user.to_string(), conv.to_string(), read, "redis"));
-    }
+    misplaced += add_redis(&mut h, redis);
     for ((user, conv), read) in store.read_seqs() {
         h.read_seqs.push((user, conv, read, "mongo"));
     }

@@ -24,6 +24,29 @@ pub fn redis_url() -> String {
     endpoint("REDIS_URL")
 }
 
+/// The Redis server's `host:port` (from `REDIS_URL`).
+pub fn redis_address() -> String {
+    let url = redis_url();
+    let rest = url.strip_prefix("redis://").unwrap_or(&url);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+/// A connection to database `db` of the real Redis, emptied first: for a
+/// test that owns that database (its keys are fixed by a seed).
+pub async fn redis_db_flushed(db: u32) -> redis::aio::MultiplexedConnection {
+    let url = format!("redis://{}/{db}", redis_address());
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}; {HOW}"));
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 /// A prefix no other test (in this run or an earlier one against the same
 /// server) uses, so tests can share one server without flushing it.
 pub fn unique(tag: &str) -> String {
