@@ -257,3 +257,108 @@ async fn unique_indexes_refuse_a_second_bucket_or_seq_document() {
     assert!(dup.is_err(), "a second seq document was accepted");
     db.drop().await.unwrap();
 }
+
+/// Documents OpenIM created carry an ObjectId `_id`; ours carry their
+/// natural key. Writes find OpenIM's by natural key and never create a
+/// second document beside them.
+#[tokio::test]
+async fn documents_openim_created_are_updated_in_place() {
+    let db = support::mongo_db("legacy").await;
+    let store = MongoStore::new(&db);
+    store.ensure_indexes().await.unwrap();
+    let slots: Vec<Bson> = (0..100)
+        .map(|_| {
+            Bson::Document(
+                doc! {"msg": Bson::Null, "revoke": Bson::Null, "del_list": [], "is_read": false},
+            )
+        })
+        .collect();
+    let msg = db.collection::<Document>("msg");
+    msg.insert_one(doc! {"doc_id": "si_a_b:0", "msgs": slots})
+        .await
+        .unwrap();
+    db.collection::<Document>("seq")
+        .insert_one(doc! {"conversation_id": "si_a_b", "max_seq": 50_i64, "min_seq": 0_i64})
+        .await
+        .unwrap();
+    db.collection::<Document>("seq_user")
+        .insert_one(doc! {"user_id": "a", "conversation_id": "si_a_b", "read_seq": 9_i64, "min_seq": 0_i64, "max_seq": 0_i64})
+        .await
+        .unwrap();
+
+    store
+        .write_bucket("si_a_b:0".into(), vec![(3, message(4, "x"))])
+        .await
+        .unwrap();
+    assert_eq!(store.reserve_seqs("si_a_b", 50).await.unwrap(), 50);
+    store.raise_read_seq("a", "si_a_b", 4).await.unwrap();
+    store.raise_read_seq("a", "si_a_b", 12).await.unwrap();
+
+    for coll in ["msg", "seq", "seq_user"] {
+        let n = db
+            .collection::<Document>(coll)
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{coll}: a second document beside OpenIM's");
+    }
+    let b = bucket(&db, "si_a_b:0").await;
+    assert!(matches!(b.get("_id"), Some(Bson::ObjectId(_))));
+    let m = slot(&b, 3).get_document("msg").unwrap();
+    assert_eq!(m.get_i64("seq").unwrap(), 4);
+    let seq = db
+        .collection::<Document>("seq")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq.get_i64("max_seq").unwrap(), 100);
+    let read = db
+        .collection::<Document>("seq_user")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.get_i64("read_seq").unwrap(), 12);
+    db.drop().await.unwrap();
+}
+
+/// Our own documents are keyed by their natural key, so servers that only
+/// index `_id` lookups (FerretDB v1) find them without a scan.
+#[tokio::test]
+async fn new_documents_are_keyed_by_their_natural_key() {
+    let db = support::mongo_db("ids").await;
+    let store = MongoStore::new(&db);
+    store.ensure_indexes().await.unwrap();
+    store
+        .write_bucket("sg_g1:2".into(), vec![(0, message(201, "x"))])
+        .await
+        .unwrap();
+    store.reserve_seqs("sg_g1", 100).await.unwrap();
+    store.raise_read_seq("u:1", "sg_g1", 201).await.unwrap();
+    let id = |coll: &'static str| {
+        let db = db.clone();
+        async move {
+            db.collection::<Document>(coll)
+                .find_one(doc! {})
+                .await
+                .unwrap()
+                .unwrap()
+                .get_str("_id")
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(id("msg").await, "sg_g1:2");
+    assert_eq!(id("seq").await, "sg_g1");
+    assert_eq!(id("seq_user").await, "5:sg_g1:u:1");
+    let su = db
+        .collection::<Document>("seq_user")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(su.get_str("user_id").unwrap(), "u:1");
+    assert_eq!(su.get_str("conversation_id").unwrap(), "sg_g1");
+    db.drop().await.unwrap();
+}
