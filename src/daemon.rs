@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
 use crate::backends::mongo::MongoStore;
 use crate::config::{self, Config, RedisMode};
-use crate::metrics::Metrics;
+use crate::metrics::{LATENCY_BOUNDS_MS, Metrics};
 use crate::ports::hook::{ConversationHook, HookError, NewConversation};
 use crate::ports::{BoxFuture, LogConsumer, SeededRng};
 use crate::service::{self, Wiring};
@@ -58,12 +59,43 @@ pub fn prometheus_name(counter: &str) -> String {
     }
 }
 
-/// The counters in Prometheus' text exposition format.
-pub fn render_metrics(metrics: &Metrics) -> String {
+/// Consumer lag gauges, one per consumer, labelled with its topic.
+pub type Lags = Vec<(String, Arc<AtomicI64>)>;
+
+/// The metrics in Prometheus' text exposition format: the counters, the
+/// end-to-end latency histogram (`msgtransfer_e2e_latency_seconds`) and
+/// the consumer lag per input topic (`msgtransfer_consumer_lag`).
+pub fn render_metrics(metrics: &Metrics, lags: &Lags) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for (name, value) in metrics.snapshot() {
         let name = prometheus_name(name);
-        out.push_str(&format!("# TYPE {name} counter\n{name} {value}\n"));
+        let _ = write!(out, "# TYPE {name} counter\n{name} {value}\n");
+    }
+    let h = metrics.e2e_latency.snapshot();
+    let name = "msgtransfer_e2e_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a message's sendTime to its Mongo write."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, c) in h.counts.iter().enumerate() {
+        cumulative += c;
+        let le = LATENCY_BOUNDS_MS
+            .get(i)
+            .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", h.sum_ms as f64 / 1000.0);
+    let _ = writeln!(out, "{name}_count {cumulative}");
+    let mut per_topic: BTreeMap<&str, i64> = BTreeMap::new();
+    for (topic, lag) in lags {
+        *per_topic.entry(topic).or_default() += lag.load(Ordering::Relaxed);
+    }
+    let _ = writeln!(out, "# TYPE msgtransfer_consumer_lag gauge");
+    for (topic, lag) in per_topic {
+        let _ = writeln!(out, "msgtransfer_consumer_lag{{topic=\"{topic}\"}} {lag}");
     }
     out
 }
@@ -74,6 +106,7 @@ pub fn render_metrics(metrics: &Metrics) -> String {
 async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    lags: Lags,
     ready: watch::Receiver<bool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +115,7 @@ async fn serve_http(
             continue;
         };
         let metrics = metrics.clone();
+        let lags = lags.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -98,7 +132,7 @@ async fn serve_http(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {
-                "/metrics" => ("200 OK", render_metrics(&metrics)),
+                "/metrics" => ("200 OK", render_metrics(&metrics, &lags)),
                 "/healthz" => ("200 OK", "ok\n".to_string()),
                 "/readyz" if *ready.borrow() => ("200 OK", "ready\n".to_string()),
                 "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
@@ -122,7 +156,7 @@ pub fn load_config(dir: &Path, index: usize) -> anyhow::Result<Config> {
     config::load(dir, index, &env).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }
 
-fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
+pub(crate) fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
     let k = &cfg.kafka;
     if k.tls.enabled {
         anyhow::bail!(
@@ -144,7 +178,7 @@ fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
     })
 }
 
-async fn connect_redis(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+pub(crate) async fn connect_redis(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
     let r = &cfg.redis;
     match &r.mode {
         RedisMode::Standalone => {}
@@ -202,18 +236,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let redis = connect_redis(&cfg).await?;
     let kafka = kafka_settings(&cfg)?;
     let producer = KafkaProducer::new(&kafka).map_err(|e| anyhow::anyhow!("{e}"))?;
+    {
+        let t = &service_cfg.transfer.topics;
+        producer
+            .warm(&[t.to_push.clone(), t.to_mongo.clone(), t.dlq.clone()])
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "kafka.yml: topics {}, {}, {}: {e}",
+                    t.to_push,
+                    t.to_mongo,
+                    t.dlq
+                )
+            })?;
+    }
 
     let topics = &service_cfg.transfer.topics;
+    let mut lags: Lags = Vec::new();
     let mut transfer_in: Vec<Box<dyn LogConsumer>> = Vec::new();
     for _ in 0..cfg.tuning.transfer_loops.max(1) {
         let c = KafkaConsumer::new(&kafka, &service_cfg.groups.to_redis, &topics.to_redis)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        lags.push((topics.to_redis.to_string(), c.lag()));
         transfer_in.push(Box::new(c));
     }
-    let persist_in: Box<dyn LogConsumer> = Box::new(
-        KafkaConsumer::new(&kafka, &service_cfg.groups.to_mongo, &topics.to_mongo)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let persist = KafkaConsumer::new(&kafka, &service_cfg.groups.to_mongo, &topics.to_mongo)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    lags.push((topics.to_mongo.to_string(), persist.lag()));
+    let persist_in: Box<dyn LogConsumer> = Box::new(persist);
 
     // Lock tokens and backoff jitter only need to differ between
     // processes, not to be secret: seed from the process id and start time.
@@ -240,7 +290,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("openim-msgtransfer.yml: prometheus.ports: port {port}"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics, /healthz, /readyz");
-        tokio::spawn(serve_http(listener, metrics.clone(), ready_rx));
+        tokio::spawn(serve_http(listener, metrics.clone(), lags, ready_rx));
     }
 
     let (tx, rx) = watch::channel(false);

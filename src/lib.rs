@@ -42,6 +42,7 @@ pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod ports;
 pub mod proto;

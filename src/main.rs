@@ -67,6 +67,169 @@ enum Command {
         #[arg(short = 'i', long, default_value_t = 0)]
         index: usize,
     },
+    /// Produce seeded OpenIM traffic into the real toRedis topic and record
+    /// what was sent (for `audit`).
+    Load {
+        /// OpenIM config folder.
+        #[arg(short = 'c', long = "config_folder_path", alias = "config")]
+        config: std::path::PathBuf,
+        /// Instance index of the daemon whose /metrics `--wait` watches.
+        #[arg(short = 'i', long, default_value_t = 0)]
+        index: usize,
+        /// Distinct messages to send.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Conversations to spread them over.
+        #[arg(long, default_value_t = 2000)]
+        conversations: u64,
+        /// Seed of the traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Records per second; 0 sends as fast as the broker takes them.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Fraction of records produced twice, as a retrying producer does.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_rate: f64,
+        /// Where to write the record of what was sent.
+        #[arg(long, default_value = msgtransfer::ops::DEFAULT_RECORD)]
+        record: std::path::PathBuf,
+        /// Then wait up to this many seconds for the daemon to persist
+        /// everything, and report throughput and latency (0: do not wait).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// Print one JSON line with the figures at the end.
+        #[arg(long)]
+        json: bool,
+        /// Do not print progress.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check the real Redis, MongoDB and Kafka: against a load record when
+    /// there is one, else the stored state alone. Exits 1 on any anomaly.
+    Audit {
+        /// OpenIM config folder.
+        #[arg(short = 'c', long = "config_folder_path", alias = "config")]
+        config: std::path::PathBuf,
+        /// The load record to check against (default: msgtransfer-load.json
+        /// if it exists).
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
+        /// Ignore any load record: check the stored state alone.
+        #[arg(long)]
+        no_record: bool,
+        /// Print one JSON line with the report at the end.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn config_or_exit(
+    dir: &std::path::Path,
+    index: usize,
+) -> Result<msgtransfer::config::Config, ExitCode> {
+    msgtransfer::daemon::load_config(dir, index).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn run_load(
+    dir: &std::path::Path,
+    index: usize,
+    args: msgtransfer::ops::load::LoadArgs,
+    json: bool,
+) -> ExitCode {
+    let (cfg, rt) = match (config_or_exit(dir, index), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    if !(0.0..=1.0).contains(&args.duplicate_rate)
+        || args.rate < 0.0
+        || args.messages == 0
+        || args.conversations == 0
+    {
+        eprintln!(
+            "error: --messages and --conversations must be at least 1, --rate at least 0, --duplicate-rate within 0..1"
+        );
+        return ExitCode::from(2);
+    }
+    match rt.block_on(msgtransfer::ops::load::run(&cfg, &args)) {
+        Ok(o) => {
+            println!("{}", msgtransfer::ops::load::summary(&o));
+            if json {
+                println!("{}", serde_json::to_string(&o).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_audit(
+    dir: &std::path::Path,
+    record: Option<std::path::PathBuf>,
+    no_record: bool,
+    json: bool,
+) -> ExitCode {
+    let (cfg, rt) = match (config_or_exit(dir, 0), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let path = match (no_record, record) {
+        (true, _) => None,
+        (false, Some(p)) => Some(p),
+        (false, None) => {
+            let p = std::path::PathBuf::from(msgtransfer::ops::DEFAULT_RECORD);
+            p.exists().then_some(p)
+        }
+    };
+    let record = match path
+        .as_deref()
+        .map(msgtransfer::ops::load::LoadRecord::read)
+    {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let progress = |what: &str| eprintln!("audit: {what}");
+    match rt.block_on(msgtransfer::ops::audit::run(
+        &cfg,
+        record.as_ref(),
+        progress,
+    )) {
+        Ok(r) => {
+            println!("{}", msgtransfer::ops::audit::summary(&r));
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            }
+            if r.anomalies() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
@@ -132,6 +295,39 @@ fn main() -> ExitCode {
     init_logs();
     match cli.command {
         Command::Run { .. } => unreachable!("handled above"),
+        Command::Load {
+            config,
+            index,
+            messages,
+            conversations,
+            seed,
+            rate,
+            duplicate_rate,
+            record,
+            wait,
+            json,
+            no_progress,
+        } => run_load(
+            &config,
+            index,
+            msgtransfer::ops::load::LoadArgs {
+                messages,
+                conversations,
+                seed,
+                rate,
+                duplicate_rate,
+                record,
+                progress: !no_progress,
+                wait: (wait > 0).then(|| std::time::Duration::from_secs(wait)),
+            },
+            json,
+        ),
+        Command::Audit {
+            config,
+            record,
+            no_record,
+            json,
+        } => run_audit(&config, record, no_record, json),
         Command::Demo {
             messages,
             conversations,

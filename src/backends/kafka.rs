@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -128,6 +129,10 @@ pub struct KafkaConsumer {
     topic: Arc<str>,
     /// Records received while an event was pending, handed out next.
     held: Vec<Record>,
+    /// Per assigned partition, the offset after the last record handed out.
+    next: BTreeMap<i32, i64>,
+    /// Records behind the partitions' high watermarks (see [`Self::lag`]).
+    lag: Arc<AtomicI64>,
 }
 
 impl KafkaConsumer {
@@ -159,7 +164,59 @@ impl KafkaConsumer {
             events: rx,
             topic: topic.into(),
             held: Vec::new(),
+            next: BTreeMap::new(),
+            lag: Arc::default(),
         })
+    }
+
+    /// Consumer lag: records in this member's partitions that it has not
+    /// handed out yet, from the high watermarks librdkafka caches with every
+    /// fetch (no request of its own). Updated on every poll; shared, so the
+    /// daemon can export it while the loop owns the consumer.
+    pub fn lag(&self) -> Arc<AtomicI64> {
+        self.lag.clone()
+    }
+
+    fn update_lag(&mut self, records: &[Record]) {
+        for r in records {
+            self.next.insert(r.partition, r.offset + 1);
+        }
+        let mut behind = 0i64;
+        for (p, next) in &self.next {
+            if let Some(high) = self.cached_high_watermark(*p) {
+                behind += (high - next).max(0);
+            }
+        }
+        self.lag.store(behind, Ordering::Relaxed);
+    }
+
+    /// The high watermark of `partition` as librdkafka last saw it in a
+    /// fetch response, if it has seen one.
+    fn cached_high_watermark(&self, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(self.topic.as_bytes()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client handle lives as long as `self.consumer`;
+        // librdkafka only reads its own cache and writes the two
+        // out-parameters, which outlive the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
+    }
+
+    fn on_event(&mut self, ev: &ConsumerEvent) {
+        if let ConsumerEvent::Revoked(parts) = ev {
+            for p in parts {
+                self.next.remove(p);
+            }
+        }
     }
 
     /// Commits what was stored, synchronously (for shutdown).
@@ -170,29 +227,54 @@ impl KafkaConsumer {
         }
     }
 
-    fn convert(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-        let headers: Vec<Header> = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Record {
-            topic: self.topic.clone(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
-            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            headers: headers.into(),
-            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    /// The next event or batch of records (at most `max`), waiting up to
+    /// `wait` for the first record.
+    async fn receive(&mut self, max: usize, wait: Duration) -> Result<ConsumerEvent, LogError> {
+        // Events first: records of a new assignment must not overtake
+        // the assignment itself.
+        if let Ok(ev) = self.events.try_recv() {
+            return Ok(ev);
         }
+        if !self.held.is_empty() {
+            return Ok(ConsumerEvent::Records(std::mem::take(&mut self.held)));
+        }
+        let consumer = self.consumer.clone();
+        let first = match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => {
+                return Ok(match self.events.try_recv() {
+                    Ok(ev) => ev,
+                    Err(_) => ConsumerEvent::Idle,
+                });
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Ok(m)) => self.convert(&m),
+        };
+        let mut out = vec![first];
+        while out.len() < max {
+            match futures::FutureExt::now_or_never(consumer.recv()) {
+                Some(Ok(m)) => out.push(self.convert(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if let Ok(ev) = self.events.try_recv() {
+            // A rebalance happened while receiving: report it first.
+            // Records of revoked partitions are dropped here (their next
+            // owner reads them from the committed offset).
+            if let ConsumerEvent::Revoked(parts) = &ev {
+                out.retain(|r| !parts.contains(&r.partition));
+            }
+            self.held = out;
+            return Ok(ev);
+        }
+        Ok(ConsumerEvent::Records(out))
+    }
+
+    fn convert(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        to_record(&self.topic, m)
     }
 }
 
@@ -203,47 +285,16 @@ impl LogConsumer for KafkaConsumer {
         wait: Duration,
     ) -> BoxFuture<'_, Result<ConsumerEvent, LogError>> {
         Box::pin(async move {
-            // Events first: records of a new assignment must not overtake
-            // the assignment itself.
-            if let Ok(ev) = self.events.try_recv() {
-                return Ok(ev);
-            }
-            if !self.held.is_empty() {
-                return Ok(ConsumerEvent::Records(std::mem::take(&mut self.held)));
-            }
-            let consumer = self.consumer.clone();
-            let first = match tokio::time::timeout(wait, consumer.recv()).await {
-                Err(_) => {
-                    return Ok(match self.events.try_recv() {
-                        Ok(ev) => ev,
-                        Err(_) => ConsumerEvent::Idle,
-                    });
+            let polled = self.receive(max, wait).await;
+            match &polled {
+                Ok(ConsumerEvent::Records(rs)) => self.update_lag(rs),
+                Ok(ev) => {
+                    self.on_event(ev);
+                    self.update_lag(&[]);
                 }
-                Ok(Err(e)) => return Err(unavailable(e)),
-                Ok(Ok(m)) => self.convert(&m),
-            };
-            let mut out = vec![first];
-            while out.len() < max {
-                match futures::FutureExt::now_or_never(consumer.recv()) {
-                    Some(Ok(m)) => out.push(self.convert(&m)),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        break;
-                    }
-                    None => break,
-                }
+                Err(_) => {}
             }
-            if let Ok(ev) = self.events.try_recv() {
-                // A rebalance happened while receiving: report it first.
-                // Records of revoked partitions are dropped here (their next
-                // owner reads them from the committed offset).
-                if let ConsumerEvent::Revoked(parts) = &ev {
-                    out.retain(|r| !parts.contains(&r.partition));
-                }
-                self.held = out;
-                return Ok(ev);
-            }
-            Ok(ConsumerEvent::Records(out))
+            polled
         })
     }
 
@@ -335,36 +386,99 @@ impl KafkaProducer {
     }
 }
 
+impl KafkaProducer {
+    /// Looks up the partition counts of `topics` now, so that later sends
+    /// to them are enqueued in call order (see [`Self::enqueue`]) and a
+    /// missing topic shows at start-up.
+    pub async fn warm(&self, topics: &[Arc<str>]) -> Result<(), LogError> {
+        let clock = crate::ports::clock::SystemClock::new();
+        for t in topics {
+            // A topic the broker creates on first mention has no partitions
+            // for a moment.
+            let mut attempts = 0;
+            while let Err(e) = self.partition_count(t).await {
+                attempts += 1;
+                if attempts >= 20 {
+                    return Err(e);
+                }
+                crate::ports::Clock::sleep(&clock, Duration::from_millis(250)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues `record` now, in call order, if its topic's partition count
+    /// is known (else `None`: use [`LogProducer::send`]); the future
+    /// resolves with the acknowledgement.
+    #[allow(clippy::result_large_err)]
+    pub fn enqueue(
+        &self,
+        record: &OutRecord,
+    ) -> Option<
+        Result<impl std::future::Future<Output = Result<Delivered, LogError>> + use<>, LogError>,
+    > {
+        let n = *self.partitions.lock().get(&record.topic)?;
+        let partition = sarama_partition(&record.key, n);
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in record.headers.iter() {
+            headers = headers.insert(KHeader {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let fr = FutureRecord::to(&record.topic)
+            .partition(partition)
+            .key(record.key.as_ref())
+            .payload(record.value.as_ref())
+            .headers(headers);
+        let (size, limit) = (record.size(), self.max_bytes);
+        Some(match self.producer.send_result(fr) {
+            Ok(delivery) => Ok(async move {
+                match delivery.await {
+                    Ok(Ok(d)) => Ok(Delivered {
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    Ok(Err((e, _))) => Err(produce_error(e, size, limit)),
+                    Err(_) => Err(LogError::Unavailable("producer closed".into())),
+                }
+            }),
+            Err((e, _)) => Err(produce_error(e, size, limit)),
+        })
+    }
+}
+
+fn produce_error(e: KafkaError, size: usize, limit: usize) -> LogError {
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            LogError::TooLarge { size, limit }
+        }
+        e => unavailable(e),
+    }
+}
+
 impl LogProducer for KafkaProducer {
     fn send(&self, record: OutRecord) -> Ack {
+        // Enqueue during this call when the partition count is cached, so
+        // that records sent one after another keep their order even when
+        // their acknowledgements are awaited together.
+        let queued = self.enqueue(&record);
         let this = self.clone();
         Box::pin(async move {
-            let n = this.partition_count(&record.topic).await?;
-            let partition = sarama_partition(&record.key, n);
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (k, v) in record.headers.iter() {
-                headers = headers.insert(KHeader {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
-            }
-            let fr = FutureRecord::to(&record.topic)
-                .partition(partition)
-                .key(record.key.as_ref())
-                .payload(record.value.as_ref())
-                .headers(headers);
-            match this.producer.send(fr, Duration::from_secs(30)).await {
-                Ok(d) => Ok(Delivered {
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                    Err(LogError::TooLarge {
-                        size: record.size(),
-                        limit: this.max_bytes,
-                    })
+            let mut queued = queued;
+            loop {
+                match queued {
+                    Some(Ok(ack)) => return ack.await,
+                    Some(Err(LogError::Unavailable(e))) if e.contains("Queue full") => {
+                        let clock = crate::ports::clock::SystemClock::new();
+                        crate::ports::Clock::sleep(&clock, Duration::from_millis(5)).await;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        this.partition_count(&record.topic).await?;
+                    }
                 }
-                Err((e, _)) => Err(unavailable(e)),
+                queued = this.enqueue(&record);
             }
         })
     }
@@ -372,4 +486,114 @@ impl LogProducer for KafkaProducer {
     fn max_record_bytes(&self) -> usize {
         self.max_bytes
     }
+}
+
+/// A received message as a [`Record`] of `topic`.
+fn to_record(topic: &Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers: Vec<Header> = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: topic.clone(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        headers: headers.into(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+/// Reads every record of `topic` that was in it when the call began, per
+/// partition in offset order, without joining a consumer group (nothing is
+/// committed). For `audit` and tests; `progress` is called with the count
+/// read so far.
+pub async fn read_topic_to_end(
+    settings: &KafkaSettings,
+    topic: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<BTreeMap<i32, Vec<Record>>, LogError> {
+    let consumer: StreamConsumer = settings
+        .base()
+        .set("group.id", "msgtransfer-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(|e| LogError::Refused(format!("kafka reader: {e}")))?;
+    let consumer = Arc::new(consumer);
+    let name = topic.to_string();
+    let c = consumer.clone();
+    // Partitions and their high watermarks now: where reading stops.
+    let ends = tokio::task::spawn_blocking(move || {
+        let md = c
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(10))?;
+        let mut ends = BTreeMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, high) = c.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                ends.insert(p.id(), (low, high));
+            }
+        }
+        Ok::<_, KafkaError>(ends)
+    })
+    .await
+    .map_err(|e| LogError::Unavailable(e.to_string()))?
+    .map_err(unavailable)?;
+    if ends.is_empty() {
+        return Err(LogError::Refused(format!("topic {topic} does not exist")));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut out: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    let mut left = 0u64;
+    for (p, (low, high)) in &ends {
+        out.insert(*p, Vec::new());
+        if high > low {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*low))
+                .map_err(unavailable)?;
+            left += (high - low) as u64;
+        }
+    }
+    if left == 0 {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(unavailable)?;
+    let topic_name: Arc<str> = topic.into();
+    let mut read = 0u64;
+    let mut done: BTreeMap<i32, bool> = ends.iter().map(|(p, (l, h))| (*p, h <= l)).collect();
+    while done.values().any(|d| !d) {
+        let m = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Err(_) => {
+                return Err(LogError::Unavailable(format!(
+                    "{topic}: no record for 30 s with {read} of {left} read"
+                )));
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Ok(m)) => m,
+        };
+        let p = m.partition();
+        let end = ends.get(&p).map_or(0, |(_, h)| *h);
+        if m.offset() < end {
+            out.entry(p).or_default().push(to_record(&topic_name, &m));
+            read += 1;
+            if read % 10_000 == 0 {
+                progress(read);
+            }
+        }
+        if m.offset() + 1 >= end {
+            done.insert(p, true);
+        }
+    }
+    progress(read);
+    Ok(out)
 }

@@ -66,6 +66,11 @@ pub struct History {
     pub read_seqs: Vec<(String, String, i64, &'static str)>,
     /// Max seq per conversation (Redis `CURR`, or Mongo's highest slot).
     pub max_seqs: BTreeMap<String, i64>,
+    /// The outputs hold other traffic too (a shared production system):
+    /// an observed message that is not among `inputs` is not a phantom but
+    /// someone else's message, still checked for seq conflicts, duplicates
+    /// and order. With no inputs at all this checks the outputs alone.
+    pub open: bool,
 }
 
 /// Anomaly counts, and a few examples of each for the operator.
@@ -96,6 +101,9 @@ pub struct Report {
     pub lost: u64,
     /// Messages observed that were never input.
     pub phantoms: u64,
+    /// Stored messages observed that are other traffic (open histories
+    /// only, see [`History::open`]).
+    pub others: u64,
     /// Read seqs above the conversation's max seq.
     pub read_seq_above_max: u64,
     /// Up to a few examples per anomaly kind.
@@ -166,9 +174,21 @@ pub fn check(h: &History) -> Report {
     let mut pushed: BTreeSet<MsgId> = BTreeSet::new();
     let mut persisted: BTreeSet<MsgId> = BTreeSet::new();
     let mut cached: BTreeSet<MsgId> = BTreeSet::new();
+    let mut others: BTreeSet<MsgId> = BTreeSet::new();
+    let open = h.open;
     let mut observe = |s: &Seen, r: &mut Report| {
         let id = (s.conversation_id.clone(), s.client_msg_id.clone());
         match expected.get(&id) {
+            None if open => {
+                if s.seq > 0 {
+                    r.others += u64::from(others.insert(id.clone()));
+                    seqs_of.entry(id).or_default().insert(s.seq);
+                    at_seq
+                        .entry((s.conversation_id.clone(), s.seq))
+                        .or_default()
+                        .insert(s.client_msg_id.clone());
+                }
+            }
             None => {
                 r.phantoms += 1;
                 r.example(format!(

@@ -33,6 +33,7 @@ fn clean() -> History {
         cached: msgs.to_vec(),
         read_seqs: vec![("u".into(), "c".into(), 2, "mongo")],
         max_seqs: [("c".to_string(), 2)].into_iter().collect(),
+        open: false,
     }
 }
 
@@ -160,4 +161,33 @@ fn catches_a_read_seq_above_max() {
     let mut h = clean();
     h.read_seqs.push(("v".into(), "c".into(), 3, "redis"));
     assert_eq!(check(&h).read_seq_above_max, 1);
+}
+
+#[test]
+fn an_open_history_counts_other_traffic_but_still_finds_its_conflicts() {
+    let mut h = clean();
+    h.open = true;
+    // Someone else's message in another conversation: not a phantom.
+    h.persisted.push(seen("d", "x", 1));
+    let r = check(&h);
+    assert_eq!((r.anomalies(), r.phantoms, r.others), (0, 0, 1), "{r:?}");
+    // Someone else's message at a seq ours holds: a conflict.
+    h.cached.push(seen("c", "y", 2));
+    let r = check(&h);
+    assert_eq!(r.seq_conflicts, 1, "{r:?}");
+}
+
+#[test]
+fn with_no_inputs_the_outputs_alone_are_checked() {
+    let h = History {
+        open: true,
+        persisted: vec![seen("c", "a", 1), seen("c", "b", 2), seen("c", "a", 3)],
+        read_seqs: vec![("u".into(), "c".into(), 9, "mongo")],
+        max_seqs: [("c".to_string(), 3)].into_iter().collect(),
+        ..History::default()
+    };
+    let r = check(&h);
+    assert_eq!(r.duplicates, 1, "a at seqs 1 and 3: {r:?}");
+    assert_eq!(r.read_seq_above_max, 1, "{r:?}");
+    assert_eq!((r.lost, r.phantoms, r.others), (0, 0, 2));
 }

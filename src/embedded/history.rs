@@ -87,8 +87,9 @@ pub fn add_redis(h: &mut History, redis: &RedisDump) -> u64 {
     }
     for (key, fields) in redis.with_prefix("MALLOC_SEQ:") {
         let conv = String::from_utf8_lossy(key).into_owned();
-        h.max_seqs
-            .insert(conv, field_i64(fields, "CURR").unwrap_or(0));
+        let curr = field_i64(fields, "CURR").unwrap_or(0);
+        let max = h.max_seqs.entry(conv).or_insert(0);
+        *max = (*max).max(curr);
     }
     for (key, fields) in redis.with_prefix("SEQ_USER_READ:") {
         let rest = String::from_utf8_lossy(key);

@@ -59,6 +59,7 @@ impl Persist {
             let doc_id = format!("{conv}:{index}");
             let writes: Vec<_> = slots.into_iter().collect();
             let n = writes.len() as u64;
+            let sent: Vec<i64> = writes.iter().map(|(_, m)| m.send_time).collect();
             let mut retry = Retrier::new(&self.backoff);
             loop {
                 match self
@@ -70,6 +71,10 @@ impl Persist {
                     Ok(()) => {
                         Metrics::add(&self.deps.metrics.msg_insert_mongo_success_total, 1);
                         Metrics::add(&self.deps.metrics.msgs_persisted, n);
+                        let now = self.deps.clock.now_ms();
+                        for t in &sent {
+                            self.deps.metrics.e2e_latency.observe_ms(now - t);
+                        }
                         break;
                     }
                     Err(e) => {
