@@ -370,6 +370,10 @@ pub struct Tuning {
     /// `persistMaxBatch`: items of one conversation per persistence batch
     /// (default 1000).
     pub persist_max_batch: usize,
+    /// `persistLinger`: how long a small persistence batch waits for more
+    /// messages of its conversation (default 2ms). Longer means fewer,
+    /// fuller bucket writes, for a store where each write is costly.
+    pub persist_linger: Duration,
     /// `maxQueuedRecords`: items consumed but not done before a loop stops
     /// polling (default 200000).
     pub max_queued_records: usize,
@@ -401,6 +405,7 @@ impl Default for Tuning {
             linger: service.transfer_loop.linger,
             max_batch: service.transfer_loop.max_batch,
             persist_max_batch: service.persist_loop.max_batch,
+            persist_linger: service.persist_loop.linger,
             max_queued_records: service.transfer_loop.max_queued,
             commit_interval: service.transfer_loop.commit_interval,
             drain_timeout: Duration::from_secs(10),
@@ -433,10 +438,10 @@ impl Config {
             backoff: t.retry_backoff.clone(),
             ..base.transfer
         };
-        let tune = |c: ConsumerConfig, max_batch: usize| ConsumerConfig {
+        let tune = |c: ConsumerConfig, max_batch: usize, linger: Duration| ConsumerConfig {
             max_batch,
             batch_target: c.batch_target.min(max_batch),
-            linger: t.linger,
+            linger,
             max_queued: t.max_queued_records,
             commit_interval: t.commit_interval,
             drain_timeout: t.drain_timeout,
@@ -446,8 +451,8 @@ impl Config {
         };
         ServiceConfig {
             transfer,
-            transfer_loop: tune(base.transfer_loop, t.max_batch),
-            persist_loop: tune(base.persist_loop, t.persist_max_batch),
+            transfer_loop: tune(base.transfer_loop, t.max_batch, t.linger),
+            persist_loop: tune(base.persist_loop, t.persist_max_batch, t.persist_linger),
             groups: Groups {
                 to_redis: self.kafka.to_redis_group_id.clone(),
                 to_mongo: self.kafka.to_mongo_group_id.clone(),
@@ -593,6 +598,7 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
         linger: duration(v, "linger", d.linger, Duration::ZERO)?,
         max_batch: count("maxBatch", d.max_batch, 1, 1_000_000)?,
         persist_max_batch: count("persistMaxBatch", d.persist_max_batch, 1, 1_000_000)?,
+        persist_linger: duration(v, "persistLinger", d.persist_linger, Duration::ZERO)?,
         max_queued_records: count("maxQueuedRecords", d.max_queued_records, 1, 100_000_000)?,
         commit_interval: duration(
             v,
@@ -925,6 +931,7 @@ mod tests {
         assert_eq!(t.linger, s.transfer_loop.linger);
         assert_eq!(t.max_batch, s.transfer_loop.max_batch);
         assert_eq!(t.persist_max_batch, s.persist_loop.max_batch);
+        assert_eq!(t.persist_linger, s.persist_loop.linger);
         assert_eq!(t.retry_backoff, s.transfer.backoff);
         assert_eq!(t.dead_letter_topic, &*s.transfer.topics.dlq);
         assert_eq!(t.dedup_window, Duration::from_secs(24 * 3600));

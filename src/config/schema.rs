@@ -91,6 +91,7 @@ pub(crate) const RUST_TRANSFER: &[Field] = &[
     f("linger", Duration),
     f("maxBatch", Int),
     f("persistMaxBatch", Int),
+    f("persistLinger", Duration),
     f("maxQueuedRecords", Int),
     f("commitInterval", Duration),
     f("drainTimeout", Duration),
