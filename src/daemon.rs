@@ -311,10 +311,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = ready_tx.send(false);
     let _ = tx.send(true);
-    svc.await.context("service task")??;
-    producer
-        .flush(Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("flushing the producer: {e}"))?;
+    // The loops give running batches `drainTimeout`, then commit and close
+    // their consumers; a backend that does not answer must not hold the
+    // exit longer than that plus a little. Whatever is not committed by
+    // then is delivered again (and deduplicated) after the restart.
+    let clock = crate::ports::clock::SystemClock::new();
+    let budget = cfg.tuning.drain_timeout + Duration::from_secs(2);
+    tokio::select! {
+        r = &mut svc => r.context("service task")??,
+        _ = crate::ports::Clock::sleep(&clock, budget) => {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "shutdown did not finish in time (a backend is not answering); exiting without \
+                 the last commit: uncommitted records will be delivered again"
+            );
+            svc.abort();
+            return Ok(());
+        }
+    }
+    if let Err(e) = producer.flush(Duration::from_secs(1)) {
+        tracing::warn!(error = %e, "flushing the producer at exit failed; unacknowledged records stay uncommitted and will be delivered again");
+    }
     tracing::info!(
         records_in = Metrics::get(&metrics.records_in),
         persisted = Metrics::get(&metrics.msgs_persisted),

@@ -259,14 +259,18 @@ fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(msgtransfer::daemon::run(cfg)) {
+    let code = match rt.block_on(msgtransfer::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // A task stuck in a blocking client call (a broker that stopped
+    // answering) must not keep the process alive: give the rest a second.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn init_logs() {

@@ -167,7 +167,7 @@ fn service_config_carries_the_knobs() {
         assert_eq!(got.dlq_topic, want.dlq_topic);
         assert_eq!(got.backoff, want.backoff);
         assert_eq!(got.max_inflight, want.max_inflight);
-        assert_eq!(got.drain_timeout, Duration::from_secs(10));
+        assert_eq!(got.drain_timeout, Duration::from_secs(7));
     }
 
     // Changed knobs and names reach the service.

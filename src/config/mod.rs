@@ -381,7 +381,7 @@ pub struct Tuning {
     /// 200ms; more than zero).
     pub commit_interval: Duration,
     /// `drainTimeout`: how long a shutdown waits for running batches
-    /// (default 10s).
+    /// (default 7s; the daemon exits at most 2 s later).
     pub drain_timeout: Duration,
     /// `dedupWindow`: how long a `clientMsgID` keeps its seq for redeliveries
     /// (default 24h; at least 1ms).
@@ -408,7 +408,7 @@ impl Default for Tuning {
             persist_linger: service.persist_loop.linger,
             max_queued_records: service.transfer_loop.max_queued,
             commit_interval: service.transfer_loop.commit_interval,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(7),
             dedup_window: Duration::from_millis(service.transfer.cache.dedup_window_ms as u64),
             retry_backoff: service.transfer.backoff,
             producer_max_record_bytes: 1_000_000,
@@ -935,7 +935,7 @@ mod tests {
         assert_eq!(t.retry_backoff, s.transfer.backoff);
         assert_eq!(t.dead_letter_topic, &*s.transfer.topics.dlq);
         assert_eq!(t.dedup_window, Duration::from_secs(24 * 3600));
-        assert_eq!(t.drain_timeout, Duration::from_secs(10));
+        assert_eq!(t.drain_timeout, Duration::from_secs(7));
     }
 
     #[test]
