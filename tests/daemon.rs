@@ -19,6 +19,7 @@ use msgtransfer::ports::Clock;
 
 const MESSAGES: u64 = 3000;
 const REDIS_DB: u32 = 7;
+const SIGTERM_REDIS_DB: u32 = 8;
 
 /// A plain HTTP GET on 127.0.0.1: status code and body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -37,25 +38,16 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
-    let clock = msgtransfer::ports::clock::SystemClock::new();
-    let run = support::unique("d");
-    for t in ["toRedis", "toMongo", "toPush", "dlq"] {
-        support::kafka_topic(&format!("{run}.{t}"), 4).await;
-    }
-    let _redis = support::redis_db_flushed(REDIS_DB).await;
-    let db = support::mongo_db("daemon").await;
-
-    // One set of overrides for the daemon and for load/audit: the shipped
-    // config folder with this run's names.
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env: BTreeMap<String, String> = [
+/// The `IMENV_*` overrides that point the shipped config folder at this
+/// run's topics, groups, Redis database and Mongo database; the daemon and
+/// `load`/`audit` share them.
+fn overrides(
+    run: &str,
+    metrics_port: u16,
+    redis_db: u32,
+    mongo_db: &str,
+) -> BTreeMap<String, String> {
+    [
         ("IMENV_KAFKA_ADDRESS", support::kafka_brokers()),
         ("IMENV_KAFKA_TOREDISTOPIC", format!("{run}.toRedis")),
         ("IMENV_KAFKA_TOMONGOTOPIC", format!("{run}.toMongo")),
@@ -72,26 +64,80 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
             metrics_port.to_string(),
         ),
         ("IMENV_REDIS_ADDRESS", support::redis_address()),
-        ("IMENV_REDIS_DB", REDIS_DB.to_string()),
+        ("IMENV_REDIS_DB", redis_db.to_string()),
         ("IMENV_MONGODB_URI", support::mongodb_uri()),
-        ("IMENV_MONGODB_DATABASE", db.name().to_string()),
+        ("IMENV_MONGODB_DATABASE", mongo_db.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let cfg = msgtransfer::config::load(std::path::Path::new(config), 0, &env).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
-        .args(["run", "-c", config, "-i", "0"])
-        .envs(&env)
+    .collect()
+}
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `msgtransfer run` with `env` and waits until its metrics port
+/// answers.
+async fn start_daemon(env: &BTreeMap<String, String>, metrics_port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
+        .args(["run", "-c", CONFIG, "-i", "0"])
+        .envs(env)
         .stdout(Stdio::null())
         .spawn()
         .expect("starting msgtransfer run");
+    let clock = msgtransfer::ports::clock::SystemClock::new();
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok() {
             break;
         }
         clock.sleep(Duration::from_millis(100)).await;
     }
+    child
+}
+
+/// Sends SIGTERM and returns the exit status, failing the test if the
+/// process is still there 10 s later.
+async fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let clock = msgtransfer::ports::clock::SystemClock::new();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        clock.sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("msgtransfer did not exit within 10 s of SIGTERM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
+    let run = support::unique("d");
+    for t in ["toRedis", "toMongo", "toPush", "dlq"] {
+        support::kafka_topic(&format!("{run}.{t}"), 4).await;
+    }
+    let _redis = support::redis_db_flushed(REDIS_DB).await;
+    let db = support::mongo_db("daemon").await;
+
+    // One set of overrides for the daemon and for load/audit.
+    let metrics_port = free_port();
+    let env = overrides(&run, metrics_port, REDIS_DB, db.name());
+    let cfg = msgtransfer::config::load(std::path::Path::new(CONFIG), 0, &env).unwrap();
+    let mut child = start_daemon(&env, metrics_port).await;
 
     // OpenIM traffic with producer duplicates, until the daemon has
     // persisted it.
@@ -150,26 +196,7 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     assert_eq!(http_get(metrics_port, "/nope").0, 404);
 
     // SIGTERM: drain and exit 0 within 10 s.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        clock.sleep(Duration::from_millis(100)).await;
-    }
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("msgtransfer did not exit within 10 s of SIGTERM")
-    });
+    let status = sigterm(&mut child).await;
     assert!(status.success(), "exit status {status}");
 
     // The audit reads real Kafka, Redis and MongoDB back.
@@ -204,6 +231,73 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
         "{}",
         audit::summary(&tampered)
     );
+    let _ = std::fs::remove_file(record_path);
+    db.drop().await.unwrap();
+}
+
+/// SIGTERM while a load is being processed: the daemon exits 0 within
+/// 10 s; restarted, it finishes the rest, and the audit finds every
+/// message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_then_restart_loses_and_duplicates_nothing() {
+    let clock = msgtransfer::ports::clock::SystemClock::new();
+    let run = support::unique("s");
+    for t in ["toRedis", "toMongo", "toPush", "dlq"] {
+        support::kafka_topic(&format!("{run}.{t}"), 4).await;
+    }
+    let _redis = support::redis_db_flushed(SIGTERM_REDIS_DB).await;
+    let db = support::mongo_db("sigterm").await;
+    let metrics_port = free_port();
+    let env = overrides(&run, metrics_port, SIGTERM_REDIS_DB, db.name());
+    let cfg = msgtransfer::config::load(std::path::Path::new(CONFIG), 0, &env).unwrap();
+    let mut child = start_daemon(&env, metrics_port).await;
+
+    let record_path = std::env::temp_dir().join(format!("{run}.load.json"));
+    let outcome = load::run(
+        &cfg,
+        &load::LoadArgs {
+            messages: MESSAGES,
+            conversations: 60,
+            seed: 31,
+            rate: 0.0,
+            duplicate_rate: 0.0,
+            record: record_path.clone(),
+            progress: false,
+            wait: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Let it get going, then stop it in the middle.
+    clock.sleep(Duration::from_millis(500)).await;
+    let (_, body) = http_get(metrics_port, "/metrics");
+    let status = sigterm(&mut child).await;
+    assert!(status.success(), "exit status {status}");
+    let before = audit::run(&cfg, Some(&outcome.record), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        before.check.persisted < before.check.stored,
+        "the daemon finished before SIGTERM; nothing was tested:\n{body}"
+    );
+
+    // Restarted, it takes over from the committed offsets.
+    let mut child = start_daemon(&env, metrics_port).await;
+    let mut report = before;
+    for _ in 0..240 {
+        report = audit::run(&cfg, Some(&outcome.record), |_| {})
+            .await
+            .unwrap();
+        if report.anomalies() == 0 {
+            break;
+        }
+        clock.sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(report.anomalies(), 0, "{}", audit::summary(&report));
+    assert_eq!(report.check.messages, MESSAGES);
+    assert_eq!(report.check.persisted, report.check.stored);
+    let status = sigterm(&mut child).await;
+    assert!(status.success(), "exit status {status}");
     let _ = std::fs::remove_file(record_path);
     db.drop().await.unwrap();
 }
