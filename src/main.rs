@@ -17,23 +17,46 @@ struct Cli {
     command: Command,
 }
 
+/// The generated OpenIM traffic, shared by `demo` and `load`.
+#[derive(clap::Args)]
+struct Traffic {
+    /// Distinct messages to send.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Conversations to spread them over.
+    #[arg(long, default_value_t = 2000)]
+    conversations: u64,
+    /// Seed of the traffic (and, in the demo, of the service's randomness).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of records produced twice, as a retrying producer does.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+}
+
+impl Traffic {
+    /// Refuses values the generator cannot use, naming the flag.
+    fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.duplicate_rate) {
+            return Err(format!(
+                "--duplicate-rate must be between 0 and 1, got {}",
+                self.duplicate_rate
+            ));
+        }
+        if self.conversations < 1 {
+            return Err("--conversations must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole pipeline on embedded backends with generated OpenIM
     /// traffic, then audit the result (no setup needed).
     Demo {
-        /// Distinct messages to send.
-        #[arg(long, default_value_t = 200_000)]
-        messages: u64,
-        /// Conversations to spread them over.
-        #[arg(long, default_value_t = 2000)]
-        conversations: u64,
-        /// Seed of the workload and the service's randomness.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Fraction of records produced twice, as a retrying producer does.
-        #[arg(long, default_value_t = 0.0)]
-        duplicate_rate: f64,
+        #[command(flatten)]
+        traffic: Traffic,
         /// Kill the service (uncommitted work and all) every N input records
         /// and restart it; 0 never.
         #[arg(long, default_value_t = 0)]
@@ -76,21 +99,11 @@ enum Command {
         /// Instance index of the daemon whose /metrics `--wait` watches.
         #[arg(short = 'i', long, default_value_t = 0)]
         index: usize,
-        /// Distinct messages to send.
-        #[arg(long, default_value_t = 200_000)]
-        messages: u64,
-        /// Conversations to spread them over.
-        #[arg(long, default_value_t = 2000)]
-        conversations: u64,
-        /// Seed of the traffic.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        traffic: Traffic,
         /// Records per second; 0 sends as fast as the broker takes them.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Fraction of records produced twice, as a retrying producer does.
-        #[arg(long, default_value_t = 0.0)]
-        duplicate_rate: f64,
         /// Where to write the record of what was sent.
         #[arg(long, default_value = msgtransfer::ops::DEFAULT_RECORD)]
         record: std::path::PathBuf,
@@ -150,20 +163,14 @@ fn run_load(
     args: msgtransfer::ops::load::LoadArgs,
     json: bool,
 ) -> ExitCode {
+    if args.rate < 0.0 || args.messages == 0 {
+        eprintln!("error: --messages must be at least 1 and --rate at least 0");
+        return ExitCode::from(2);
+    }
     let (cfg, rt) = match (config_or_exit(dir, index), runtime()) {
         (Ok(c), Ok(rt)) => (c, rt),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    if !(0.0..=1.0).contains(&args.duplicate_rate)
-        || args.rate < 0.0
-        || args.messages == 0
-        || args.conversations == 0
-    {
-        eprintln!(
-            "error: --messages and --conversations must be at least 1, --rate at least 0, --duplicate-rate within 0..1"
-        );
-        return ExitCode::from(2);
-    }
     match rt.block_on(msgtransfer::ops::load::run(&cfg, &args)) {
         Ok(o) => {
             println!("{}", msgtransfer::ops::load::summary(&o));
@@ -233,12 +240,9 @@ fn run_audit(
 }
 
 fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
-    let cfg = match msgtransfer::daemon::load_config(dir, index) {
+    let cfg = match config_or_exit(dir, index) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MSGTRANSFER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log.level()));
@@ -249,15 +253,9 @@ fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
         msgtransfer::config::LogFormat::Json => logs.json().init(),
         msgtransfer::config::LogFormat::Text => logs.init(),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let code = match rt.block_on(msgtransfer::daemon::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,30 +300,33 @@ fn main() -> ExitCode {
         Command::Load {
             config,
             index,
-            messages,
-            conversations,
-            seed,
+            traffic,
             rate,
-            duplicate_rate,
             record,
             wait,
             json,
             no_progress,
-        } => run_load(
-            &config,
-            index,
-            msgtransfer::ops::load::LoadArgs {
-                messages,
-                conversations,
-                seed,
-                rate,
-                duplicate_rate,
-                record,
-                progress: !no_progress,
-                wait: (wait > 0).then(|| std::time::Duration::from_secs(wait)),
-            },
-            json,
-        ),
+        } => {
+            if let Err(e) = traffic.check() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            run_load(
+                &config,
+                index,
+                msgtransfer::ops::load::LoadArgs {
+                    messages: traffic.messages,
+                    conversations: traffic.conversations,
+                    seed: traffic.seed,
+                    rate,
+                    duplicate_rate: traffic.duplicate_rate,
+                    record,
+                    progress: !no_progress,
+                    wait: (wait > 0).then(|| std::time::Duration::from_secs(wait)),
+                },
+                json,
+            )
+        }
         Command::Audit {
             config,
             record,
@@ -333,10 +334,7 @@ fn main() -> ExitCode {
             json,
         } => run_audit(&config, record, no_record, json),
         Command::Demo {
-            messages,
-            conversations,
-            seed,
-            duplicate_rate,
+            traffic,
             crash_every,
             partitions,
             window,
@@ -345,19 +343,19 @@ fn main() -> ExitCode {
             json,
             no_progress,
         } => {
-            if !(0.0..=1.0).contains(&duplicate_rate) {
-                eprintln!("error: --duplicate-rate must be between 0 and 1, got {duplicate_rate}");
+            if let Err(e) = traffic.check() {
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-            if partitions < 1 || conversations < 1 {
-                eprintln!("error: --partitions and --conversations must be at least 1");
+            if partitions < 1 {
+                eprintln!("error: --partitions must be at least 1");
                 return ExitCode::from(2);
             }
             let args = DemoArgs {
-                messages,
-                conversations,
-                seed,
-                duplicate_rate,
+                messages: traffic.messages,
+                conversations: traffic.conversations,
+                seed: traffic.seed,
+                duplicate_rate: traffic.duplicate_rate,
                 crash_every,
                 json,
                 progress: !no_progress,

@@ -124,24 +124,53 @@ async fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
     panic!("msgtransfer did not exit within 10 s of SIGTERM")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
-    let run = support::unique("d");
+/// One run's own topics (4 partitions each), Redis database (emptied),
+/// Mongo database and metrics port, the config that names them, and a
+/// place for `load`'s record.
+struct Stand {
+    run: String,
+    db: mongodb::Database,
+    env: BTreeMap<String, String>,
+    cfg: msgtransfer::config::Config,
+    metrics_port: u16,
+    record_path: std::path::PathBuf,
+}
+
+async fn stand(tag: &str, redis_db: u32) -> Stand {
+    let run = support::unique(tag);
     for t in ["toRedis", "toMongo", "toPush", "dlq"] {
         support::kafka_topic(&format!("{run}.{t}"), 4).await;
     }
-    let _redis = support::redis_db_flushed(REDIS_DB).await;
-    let db = support::mongo_db("daemon").await;
-
-    // One set of overrides for the daemon and for load/audit.
+    support::redis_db_flushed(redis_db).await;
+    let db = support::mongo_db(tag).await;
     let metrics_port = free_port();
-    let env = overrides(&run, metrics_port, REDIS_DB, db.name());
+    let env = overrides(&run, metrics_port, redis_db, db.name());
     let cfg = msgtransfer::config::load(std::path::Path::new(CONFIG), 0, &env).unwrap();
+    let record_path = std::env::temp_dir().join(format!("{run}.load.json"));
+    Stand {
+        run,
+        db,
+        env,
+        cfg,
+        metrics_port,
+        record_path,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
+    let Stand {
+        run,
+        db,
+        env,
+        cfg,
+        metrics_port,
+        record_path,
+    } = stand("daemon", REDIS_DB).await;
     let mut child = start_daemon(&env, metrics_port).await;
 
     // OpenIM traffic with producer duplicates, until the daemon has
     // persisted it.
-    let record_path = std::env::temp_dir().join(format!("{run}.load.json"));
     let outcome = load::run(
         &cfg,
         &load::LoadArgs {
@@ -241,18 +270,16 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_then_restart_loses_and_duplicates_nothing() {
     let clock = msgtransfer::ports::clock::SystemClock::new();
-    let run = support::unique("s");
-    for t in ["toRedis", "toMongo", "toPush", "dlq"] {
-        support::kafka_topic(&format!("{run}.{t}"), 4).await;
-    }
-    let _redis = support::redis_db_flushed(SIGTERM_REDIS_DB).await;
-    let db = support::mongo_db("sigterm").await;
-    let metrics_port = free_port();
-    let env = overrides(&run, metrics_port, SIGTERM_REDIS_DB, db.name());
-    let cfg = msgtransfer::config::load(std::path::Path::new(CONFIG), 0, &env).unwrap();
+    let Stand {
+        db,
+        env,
+        cfg,
+        metrics_port,
+        record_path,
+        ..
+    } = stand("sigterm", SIGTERM_REDIS_DB).await;
     let mut child = start_daemon(&env, metrics_port).await;
 
-    let record_path = std::env::temp_dir().join(format!("{run}.load.json"));
     let outcome = load::run(
         &cfg,
         &load::LoadArgs {

@@ -104,6 +104,59 @@ pub fn add_redis(h: &mut History, redis: &RedisDump) -> u64 {
     misplaced
 }
 
+/// The input messages of `toRedis` record values, in order, categorised
+/// with the service's own rules. Values that do not decode or categorise
+/// are skipped (they are the dead-letter topic's business).
+pub fn inputs<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Input> {
+    let mut out = Vec::new();
+    for v in values {
+        let Ok(m) = MsgData::decode(v) else {
+            continue;
+        };
+        for u in categorise::categorise(m).unwrap_or_default() {
+            out.push(Input {
+                conversation_id: u.conversation_id,
+                client_msg_id: u.msg.client_msg_id,
+                stored: u.stored,
+            });
+        }
+    }
+    out
+}
+
+/// The message a `toPush` record value carries, if it decodes.
+pub fn pushed(value: &[u8]) -> Option<Seen> {
+    let p = PushMsgDataToMq::decode(value).ok()?;
+    let m = p.msg_data.unwrap_or_default();
+    Some(Seen {
+        conversation_id: p.conversation_id,
+        client_msg_id: m.client_msg_id,
+        seq: m.seq,
+    })
+}
+
+/// The messages a `toMongo` record value carries (none if it does not
+/// decode).
+pub fn persistence_record(value: &[u8]) -> Vec<Seen> {
+    let Ok(rec) = MsgDataToMongoByMq::decode(value) else {
+        return Vec::new();
+    };
+    rec.msg_data
+        .into_iter()
+        .map(|m| Seen {
+            conversation_id: rec.conversation_id.clone(),
+            client_msg_id: m.client_msg_id,
+            seq: m.seq,
+        })
+        .collect()
+}
+
+/// Whether a message with `seq` is out of place in slot `slot` of bucket
+/// `index`.
+pub fn misplaced_slot(index: i64, slot: usize, seq: i64) -> bool {
+    seq < 1 || bucket::doc_index(seq) != index || bucket::slot(seq) != slot
+}
+
 /// Collects the history of a run. Records that do not decode are skipped
 /// here (they are the dead-letter topic's business); `misplaced` counts
 /// slots and cache keys whose position disagrees with the seq inside.
@@ -115,48 +168,20 @@ pub fn collect(
 ) -> (History, u64) {
     let mut h = History::default();
     let mut misplaced = 0u64;
-    for r in log.records(&topics.to_redis) {
-        let Ok(m) = MsgData::decode(r.value.as_ref()) else {
-            continue;
-        };
-        let Ok(units) = categorise::categorise(m) else {
-            continue;
-        };
-        for u in units {
-            h.inputs.push(Input {
-                conversation_id: u.conversation_id,
-                client_msg_id: u.msg.client_msg_id,
-                stored: u.stored,
-            });
-        }
-    }
+    let to_redis = log.records(&topics.to_redis);
+    h.inputs = inputs(to_redis.iter().map(|r| r.value.as_ref()));
     h.pushes = per_partition(log.records(&topics.to_push), |r, out| {
-        if let Ok(p) = PushMsgDataToMq::decode(r.value.as_ref()) {
-            let m = p.msg_data.unwrap_or_default();
-            out.push(Seen {
-                conversation_id: p.conversation_id,
-                client_msg_id: m.client_msg_id,
-                seq: m.seq,
-            });
-        }
+        out.extend(pushed(&r.value));
     });
     h.persistence_records = per_partition(log.records(&topics.to_mongo), |r, out| {
-        if let Ok(rec) = MsgDataToMongoByMq::decode(r.value.as_ref()) {
-            for m in rec.msg_data {
-                out.push(Seen {
-                    conversation_id: rec.conversation_id.clone(),
-                    client_msg_id: m.client_msg_id,
-                    seq: m.seq,
-                });
-            }
-        }
+        out.extend(persistence_record(&r.value));
     });
     store.for_each_msg(|doc_id, slot, m| {
         let Some((conv, index)) = bucket::parse_doc_id(doc_id) else {
             misplaced += 1;
             return;
         };
-        if m.seq < 1 || bucket::doc_index(m.seq) != index || bucket::slot(m.seq) != slot {
+        if misplaced_slot(index, slot, m.seq) {
             misplaced += 1;
         }
         h.persisted.push(Seen {

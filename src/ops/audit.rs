@@ -13,15 +13,13 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
-use prost::Message;
 
 use crate::backends::kafka::read_topic_to_end;
 use crate::cache::RedisDump;
 use crate::check::{self, History, Input, Report, Seen};
 use crate::config::Config;
-use crate::domain::{bucket, categorise::categorise};
+use crate::domain::bucket;
 use crate::embedded::history;
-use crate::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
 
 use super::load::LoadRecord;
 
@@ -91,7 +89,7 @@ async fn add_mongo(cfg: &Config, h: &mut History) -> anyhow::Result<(u64, u64)> 
                 continue;
             };
             let seq = as_i64(m.get("seq")).unwrap_or(0);
-            if seq < 1 || bucket::doc_index(seq) != index || bucket::slot(seq) != slot {
+            if history::misplaced_slot(index, slot, seq) {
                 misplaced += 1;
             }
             let e = highest.entry(conv.to_string()).or_insert(0);
@@ -127,20 +125,8 @@ async fn add_mongo(cfg: &Config, h: &mut History) -> anyhow::Result<(u64, u64)> 
 /// The input messages of a load record's traffic, in log order.
 fn inputs(record: &LoadRecord) -> Vec<Input> {
     let work = record.workload();
-    let mut out = Vec::new();
-    for rec in work.records.iter().take(record.records_sent as usize) {
-        let Ok(m) = MsgData::decode(rec.value.as_ref()) else {
-            continue;
-        };
-        for u in categorise(m).unwrap_or_default() {
-            out.push(Input {
-                conversation_id: u.conversation_id,
-                client_msg_id: u.msg.client_msg_id,
-                stored: u.stored,
-            });
-        }
-    }
-    out
+    let sent = work.records.iter().take(record.records_sent as usize);
+    history::inputs(sent.map(|r| r.value.as_ref()))
 }
 
 /// Audits the backends of `cfg`, against `record` when given.
@@ -178,15 +164,7 @@ pub async fn run(
             .map(|rs| {
                 rs.iter()
                     .filter(|r| r.timestamp_ms >= since)
-                    .filter_map(|r| PushMsgDataToMq::decode(r.value.as_ref()).ok())
-                    .map(|p| {
-                        let m = p.msg_data.unwrap_or_default();
-                        Seen {
-                            conversation_id: p.conversation_id,
-                            client_msg_id: m.client_msg_id,
-                            seq: m.seq,
-                        }
-                    })
+                    .filter_map(|r| history::pushed(&r.value))
                     .collect()
             })
             .collect();
@@ -201,15 +179,7 @@ pub async fn run(
             .map(|rs| {
                 rs.iter()
                     .filter(|r| r.timestamp_ms >= since)
-                    .filter_map(|r| MsgDataToMongoByMq::decode(r.value.as_ref()).ok())
-                    .flat_map(|rec| {
-                        let conv = rec.conversation_id.clone();
-                        rec.msg_data.into_iter().map(move |m| Seen {
-                            conversation_id: conv.clone(),
-                            client_msg_id: m.client_msg_id,
-                            seq: m.seq,
-                        })
-                    })
+                    .flat_map(|r| history::persistence_record(&r.value))
                     .collect()
             })
             .collect();

@@ -22,7 +22,6 @@ use prost::Message;
 use crate::backends::kafka::KafkaProducer;
 use crate::config::Config;
 use crate::demo::workload::{self, Workload, WorkloadSpec};
-use crate::domain::categorise::categorise;
 use crate::ports::clock::SystemClock;
 use crate::ports::log::Delivered;
 use crate::ports::{BoxFuture, Clock, LogError, OutRecord};
@@ -130,17 +129,12 @@ pub struct LoadOutcome {
 /// Distinct stored units (message in a conversation) of a workload's first
 /// `n` records.
 fn stored_units(work: &Workload, n: usize) -> u64 {
-    let mut units = BTreeSet::new();
-    for rec in work.records.iter().take(n) {
-        let Ok(m) = MsgData::decode(rec.value.as_ref()) else {
-            continue;
-        };
-        for u in categorise(m).unwrap_or_default() {
-            if u.stored {
-                units.insert((u.conversation_id, u.msg.client_msg_id));
-            }
-        }
-    }
+    let sent = work.records.iter().take(n).map(|r| r.value.as_ref());
+    let units: BTreeSet<_> = crate::embedded::history::inputs(sent)
+        .into_iter()
+        .filter(|i| i.stored)
+        .map(|i| (i.conversation_id, i.client_msg_id))
+        .collect();
     units.len() as u64
 }
 
