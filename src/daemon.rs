@@ -156,7 +156,8 @@ pub fn load_config(dir: &Path, index: usize) -> anyhow::Result<Config> {
     config::load(dir, index, &env).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }
 
-pub(crate) fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
+/// The Kafka client settings `cfg` describes; refuses what this build cannot do (TLS).
+pub fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
     let k = &cfg.kafka;
     if k.tls.enabled {
         anyhow::bail!(
@@ -174,6 +175,7 @@ pub(crate) fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
         password,
         compression: k.compression.as_str().to_string(),
         max_message_bytes: cfg.tuning.producer_max_record_bytes,
+        session_timeout: cfg.tuning.session_timeout,
         ..KafkaSettings::default()
     })
 }
@@ -254,14 +256,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let topics = &service_cfg.transfer.topics;
     let mut lags: Lags = Vec::new();
     let mut transfer_in: Vec<Box<dyn LogConsumer>> = Vec::new();
-    for _ in 0..cfg.tuning.transfer_loops.max(1) {
-        let c = KafkaConsumer::new(&kafka, &service_cfg.groups.to_redis, &topics.to_redis)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let instance = |what: String| {
+        cfg.tuning
+            .static_membership
+            .then(|| format!("msgtransfer-{}-{what}", cfg.index))
+    };
+    for i in 0..cfg.tuning.transfer_loops.max(1) {
+        let c = KafkaConsumer::member(
+            &kafka,
+            &service_cfg.groups.to_redis,
+            &topics.to_redis,
+            instance(format!("t{i}")).as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         lags.push((topics.to_redis.to_string(), c.lag()));
         transfer_in.push(Box::new(c));
     }
-    let persist = KafkaConsumer::new(&kafka, &service_cfg.groups.to_mongo, &topics.to_mongo)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let persist = KafkaConsumer::member(
+        &kafka,
+        &service_cfg.groups.to_mongo,
+        &topics.to_mongo,
+        instance("p".into()).as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     lags.push((topics.to_mongo.to_string(), persist.lag()));
     let persist_in: Box<dyn LogConsumer> = Box::new(persist);
 

@@ -131,6 +131,11 @@ enum Command {
         /// Ignore any load record: check the stored state alone.
         #[arg(long)]
         no_record: bool,
+        /// Redis lost data since the load (a restart without persistence, a
+        /// failover): do not count stored messages missing from the cache as
+        /// lost. What the cache does hold is still checked.
+        #[arg(long)]
+        cache_partial: bool,
         /// Print one JSON line with the report at the end.
         #[arg(long)]
         json: bool,
@@ -190,6 +195,7 @@ fn run_audit(
     dir: &std::path::Path,
     record: Option<std::path::PathBuf>,
     no_record: bool,
+    options: msgtransfer::ops::audit::Options,
     json: bool,
 ) -> ExitCode {
     let (cfg, rt) = match (config_or_exit(dir, 0), runtime()) {
@@ -216,9 +222,10 @@ fn run_audit(
         }
     };
     let progress = |what: &str| eprintln!("audit: {what}");
-    match rt.block_on(msgtransfer::ops::audit::run(
+    match rt.block_on(msgtransfer::ops::audit::run_with(
         &cfg,
         record.as_ref(),
+        &options,
         progress,
     )) {
         Ok(r) => {
@@ -331,8 +338,15 @@ fn main() -> ExitCode {
             config,
             record,
             no_record,
+            cache_partial,
             json,
-        } => run_audit(&config, record, no_record, json),
+        } => run_audit(
+            &config,
+            record,
+            no_record,
+            msgtransfer::ops::audit::Options { cache_partial },
+            json,
+        ),
         Command::Demo {
             traffic,
             crash_every,

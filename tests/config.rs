@@ -196,6 +196,19 @@ fn service_config_carries_the_knobs() {
     assert_eq!(s.transfer_loop.batch_target, 50);
     assert_eq!(s.persist_loop.max_batch, 1000);
     assert_eq!(s.transfer.cache.dedup_window_ms, 3_600_000);
+    f.set(
+        "openim-msgtransfer.yml",
+        "sessionTimeout",
+        "sessionTimeout: 6s",
+    );
+    f.set(
+        "openim-msgtransfer.yml",
+        "staticMembership",
+        "staticMembership: true",
+    );
+    let t = f.load().unwrap().tuning;
+    assert_eq!(t.session_timeout, Duration::from_secs(6));
+    assert!(t.static_membership);
     assert_eq!(s.transfer.backoff.max, Duration::from_secs(30));
     assert_eq!(s.transfer_loop.backoff.max, Duration::from_secs(30));
 }
@@ -790,6 +803,13 @@ fn bad_environment_variables_are_refused() {
         "openim-msgtransfer.yml",
         Some("rustTransfer.dedupWindow"),
         "unknown unit \"y\"",
+    );
+    let e = load(&[("IMENV_OPENIM_MSGTRANSFER_RUSTTRANSFER_SESSIONTIMEOUT", "2h")]);
+    assert_error(
+        &e,
+        "openim-msgtransfer.yml",
+        Some("rustTransfer.sessionTimeout"),
+        "must be at most 1h",
     );
     let e = load(&[("IMENV_REDIS_REDISMODE", "clustr")]);
     assert_error(

@@ -10,169 +10,34 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use msgtransfer::ops::{audit, load};
 use msgtransfer::ports::Clock;
+use support::daemon::{Stand, http_get};
 
 const MESSAGES: u64 = 3000;
 const REDIS_DB: u32 = 7;
 const SIGTERM_REDIS_DB: u32 = 8;
 
-/// A plain HTTP GET on 127.0.0.1: status code and body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    (status, body.to_string())
-}
-
-/// The `IMENV_*` overrides that point the shipped config folder at this
-/// run's topics, groups, Redis database and Mongo database; the daemon and
-/// `load`/`audit` share them.
-fn overrides(
-    run: &str,
-    metrics_port: u16,
-    redis_db: u32,
-    mongo_db: &str,
-) -> BTreeMap<String, String> {
-    [
-        ("IMENV_KAFKA_ADDRESS", support::kafka_brokers()),
-        ("IMENV_KAFKA_TOREDISTOPIC", format!("{run}.toRedis")),
-        ("IMENV_KAFKA_TOMONGOTOPIC", format!("{run}.toMongo")),
-        ("IMENV_KAFKA_TOPUSHTOPIC", format!("{run}.toPush")),
-        ("IMENV_KAFKA_TOREDISGROUPID", format!("{run}.redis")),
-        ("IMENV_KAFKA_TOMONGOGROUPID", format!("{run}.mongo")),
-        (
-            "IMENV_OPENIM_MSGTRANSFER_RUSTTRANSFER_DEADLETTERTOPIC",
-            format!("{run}.dlq"),
-        ),
-        ("IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_ENABLE", "true".into()),
-        (
-            "IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_PORTS",
-            metrics_port.to_string(),
-        ),
-        ("IMENV_REDIS_ADDRESS", support::redis_address()),
-        ("IMENV_REDIS_DB", redis_db.to_string()),
-        ("IMENV_MONGODB_URI", support::mongodb_uri()),
-        ("IMENV_MONGODB_DATABASE", mongo_db.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `msgtransfer run` with `env` and waits until its metrics port
-/// answers.
-async fn start_daemon(env: &BTreeMap<String, String>, metrics_port: u16) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
-        .args(["run", "-c", CONFIG, "-i", "0"])
-        .envs(env)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting msgtransfer run");
-    let clock = msgtransfer::ports::clock::SystemClock::new();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok() {
-            break;
-        }
-        clock.sleep(Duration::from_millis(100)).await;
-    }
-    child
-}
-
-/// Sends SIGTERM and returns the exit status, failing the test if the
-/// process is still there 10 s later.
-async fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let clock = msgtransfer::ports::clock::SystemClock::new();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        clock.sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    panic!("msgtransfer did not exit within 10 s of SIGTERM")
-}
-
-/// One run's own topics (4 partitions each), Redis database (emptied),
-/// Mongo database and metrics port, the config that names them, and a
-/// place for `load`'s record.
-struct Stand {
-    run: String,
-    db: mongodb::Database,
-    env: BTreeMap<String, String>,
-    cfg: msgtransfer::config::Config,
-    metrics_port: u16,
-    record_path: std::path::PathBuf,
-}
-
-async fn stand(tag: &str, redis_db: u32) -> Stand {
-    let run = support::unique(tag);
-    for t in ["toRedis", "toMongo", "toPush", "dlq"] {
-        support::kafka_topic(&format!("{run}.{t}"), 4).await;
-    }
-    support::redis_db_flushed(redis_db).await;
-    let db = support::mongo_db(tag).await;
-    let metrics_port = free_port();
-    let env = overrides(&run, metrics_port, redis_db, db.name());
-    let cfg = msgtransfer::config::load(std::path::Path::new(CONFIG), 0, &env).unwrap();
-    let record_path = std::env::temp_dir().join(format!("{run}.load.json"));
-    Stand {
-        run,
-        db,
-        env,
-        cfg,
-        metrics_port,
-        record_path,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm() {
+    let stand = Stand::new("daemon", REDIS_DB).await;
     let Stand {
         run,
         db,
-        env,
         cfg,
-        metrics_port,
+        metrics_ports,
         record_path,
-    } = stand("daemon", REDIS_DB).await;
-    let mut child = start_daemon(&env, metrics_port).await;
+        ..
+    } = &stand;
+    let metrics_port = metrics_ports[0];
+    let mut daemon = stand.start(0).await;
 
     // OpenIM traffic with producer duplicates, until the daemon has
     // persisted it.
     let outcome = load::run(
-        &cfg,
+        cfg,
         &load::LoadArgs {
             messages: MESSAGES,
             conversations: 40,
@@ -191,7 +56,7 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     assert!(persisted.persisted >= persisted.stored);
     assert!(persisted.p50_ms.is_some());
     assert_eq!(
-        load::LoadRecord::read(&record_path).unwrap(),
+        load::LoadRecord::read(record_path).unwrap(),
         outcome.record
     );
 
@@ -225,11 +90,11 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     assert_eq!(http_get(metrics_port, "/nope").0, 404);
 
     // SIGTERM: drain and exit 0 within 10 s.
-    let status = sigterm(&mut child).await;
+    let status = daemon.sigterm().await;
     assert!(status.success(), "exit status {status}");
 
     // The audit reads real Kafka, Redis and MongoDB back.
-    let report = audit::run(&cfg, Some(&outcome.record), |_| {})
+    let report = audit::run(cfg, Some(&outcome.record), |_| {})
         .await
         .unwrap();
     let r = &report.check;
@@ -242,7 +107,7 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
 
     // Without the record the stored state alone is checked, and a message
     // slipped into a slot that the cache gives to another one is caught.
-    let clean = audit::run(&cfg, None, |_| {}).await.unwrap();
+    let clean = audit::run(cfg, None, |_| {}).await.unwrap();
     assert_eq!(clean.anomalies(), 0, "{}", audit::summary(&clean));
     use mongodb::bson::{Document, doc};
     let msg = db.collection::<Document>("msg");
@@ -253,15 +118,14 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     )
     .await
     .unwrap();
-    let tampered = audit::run(&cfg, None, |_| {}).await.unwrap();
+    let tampered = audit::run(cfg, None, |_| {}).await.unwrap();
     assert_eq!(
         tampered.check.seq_conflicts,
         1,
         "{}",
         audit::summary(&tampered)
     );
-    let _ = std::fs::remove_file(record_path);
-    db.drop().await.unwrap();
+    stand.clean_up().await;
 }
 
 /// SIGTERM while a load is being processed: the daemon exits 0 within
@@ -270,61 +134,31 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_then_restart_loses_and_duplicates_nothing() {
     let clock = msgtransfer::ports::clock::SystemClock::new();
-    let Stand {
-        db,
-        env,
-        cfg,
-        metrics_port,
-        record_path,
-        ..
-    } = stand("sigterm", SIGTERM_REDIS_DB).await;
-    let mut child = start_daemon(&env, metrics_port).await;
-
-    let outcome = load::run(
-        &cfg,
-        &load::LoadArgs {
-            messages: MESSAGES,
-            conversations: 60,
-            seed: 31,
-            rate: 0.0,
-            duplicate_rate: 0.0,
-            record: record_path.clone(),
-            progress: false,
-            wait: None,
-        },
-    )
-    .await
-    .unwrap();
+    let stand = Stand::new("sigterm", SIGTERM_REDIS_DB).await;
+    let mut daemon = stand.start(0).await;
+    let record = stand.load(MESSAGES, 60, 31, 0.0).await;
     // Let it get going, then stop it in the middle.
     clock.sleep(Duration::from_millis(500)).await;
-    let (_, body) = http_get(metrics_port, "/metrics");
-    let status = sigterm(&mut child).await;
+    let body = daemon.metrics();
+    let status = daemon.sigterm().await;
     assert!(status.success(), "exit status {status}");
-    let before = audit::run(&cfg, Some(&outcome.record), |_| {})
-        .await
-        .unwrap();
+    let before = audit::run(&stand.cfg, Some(&record), |_| {}).await.unwrap();
     assert!(
         before.check.persisted < before.check.stored,
         "the daemon finished before SIGTERM; nothing was tested:\n{body}"
     );
 
     // Restarted, it takes over from the committed offsets.
-    let mut child = start_daemon(&env, metrics_port).await;
-    let mut report = before;
-    for _ in 0..240 {
-        report = audit::run(&cfg, Some(&outcome.record), |_| {})
-            .await
-            .unwrap();
-        if report.anomalies() == 0 {
-            break;
-        }
-        clock.sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(report.anomalies(), 0, "{}", audit::summary(&report));
+    let mut daemon = stand.start(0).await;
+    let report = stand
+        .audit_until_clean(
+            &record,
+            &audit::Options::default(),
+            Duration::from_secs(120),
+        )
+        .await;
     assert_eq!(report.check.messages, MESSAGES);
-    assert_eq!(report.check.persisted, report.check.stored);
-    let status = sigterm(&mut child).await;
+    let status = daemon.sigterm().await;
     assert!(status.success(), "exit status {status}");
-    let _ = std::fs::remove_file(record_path);
-    db.drop().await.unwrap();
+    stand.clean_up().await;
 }

@@ -138,9 +138,25 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     /// Joins `group` and subscribes to `topic`.
     pub fn new(settings: &KafkaSettings, group: &str, topic: &str) -> Result<Self, LogError> {
+        Self::member(settings, group, topic, None)
+    }
+
+    /// Joins `group` as the static member `instance` (`group.instance.id`)
+    /// when one is given, and subscribes to `topic`. A static member that
+    /// comes back within the session timeout gets its partitions back
+    /// without a rebalance.
+    pub fn member(
+        settings: &KafkaSettings,
+        group: &str,
+        topic: &str,
+        instance: Option<&str>,
+    ) -> Result<Self, LogError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<Rebalancer> = settings
-            .base()
+        let mut config = settings.base();
+        if let Some(id) = instance {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<Rebalancer> = config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
@@ -229,9 +245,18 @@ impl KafkaConsumer {
 
     /// The next event or batch of records (at most `max`), waiting up to
     /// `wait` for the first record.
+    ///
+    /// Events and records come out in the order librdkafka served them.
+    /// rdkafka runs the rebalance callback (which queues our event) inside
+    /// `recv()`, on the same queue as the fetched messages, and a `recv()`
+    /// poll that served a rebalance returns without a message. So events
+    /// queued while waiting for the first record came before it, and an
+    /// event queued while draining the ready records came after all of
+    /// them. Getting this wrong loses data: a partition revoked and assigned
+    /// back during the wait is fetched again from its committed offset, and
+    /// dropping those records as "revoked" would let later offsets be
+    /// committed over them.
     async fn receive(&mut self, max: usize, wait: Duration) -> Result<ConsumerEvent, LogError> {
-        // Events first: records of a new assignment must not overtake
-        // the assignment itself.
         if let Ok(ev) = self.events.try_recv() {
             return Ok(ev);
         }
@@ -249,8 +274,16 @@ impl KafkaConsumer {
             Ok(Err(e)) => return Err(unavailable(e)),
             Ok(Ok(m)) => self.convert(&m),
         };
+        if let Ok(ev) = self.events.try_recv() {
+            // A rebalance was served while waiting: it precedes `first`
+            // (and any further events still queued precede it too).
+            self.held = vec![first];
+            return Ok(ev);
+        }
         let mut out = vec![first];
         while out.len() < max {
+            // `None` also when a rebalance was served: its event then
+            // follows every record in `out` and is returned next time.
             match futures::FutureExt::now_or_never(consumer.recv()) {
                 Some(Ok(m)) => out.push(self.convert(&m)),
                 Some(Err(e)) => {
@@ -259,16 +292,6 @@ impl KafkaConsumer {
                 }
                 None => break,
             }
-        }
-        if let Ok(ev) = self.events.try_recv() {
-            // A rebalance happened while receiving: report it first.
-            // Records of revoked partitions are dropped here (their next
-            // owner reads them from the committed offset).
-            if let ConsumerEvent::Revoked(parts) = &ev {
-                out.retain(|r| !parts.contains(&r.partition));
-            }
-            self.held = out;
-            return Ok(ev);
         }
         Ok(ConsumerEvent::Records(out))
     }

@@ -386,6 +386,18 @@ pub struct Tuning {
     /// `dedupWindow`: how long a `clientMsgID` keeps its seq for redeliveries
     /// (default 24h; at least 1ms).
     pub dedup_window: Duration,
+    /// `sessionTimeout`: how long the Kafka group coordinator waits for a
+    /// silent member (a killed process) before handing its partitions to
+    /// the others (default 10s; 1s to 1h, within the broker's
+    /// `group.min/max.session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// `staticMembership`: join the consumer groups as static members,
+    /// `group.instance.id` = `msgtransfer-<index>-<loop>` (default false).
+    /// A restarted process (same `-i`) then takes its partitions straight
+    /// back, without a rebalance and without waiting out
+    /// `sessionTimeout`; a stopped one keeps them, unconsumed, until
+    /// `sessionTimeout` passes. Every process needs its own `-i`.
+    pub static_membership: bool,
     /// `retryBackoffInitial` / `retryBackoffMax`: the delays between retries
     /// of a failed step (default 10ms doubling up to 2s).
     pub retry_backoff: Backoff,
@@ -410,6 +422,8 @@ impl Default for Tuning {
             commit_interval: service.transfer_loop.commit_interval,
             drain_timeout: Duration::from_secs(7),
             dedup_window: Duration::from_millis(service.transfer.cache.dedup_window_ms as u64),
+            session_timeout: Duration::from_secs(10),
+            static_membership: false,
             retry_backoff: service.transfer.backoff,
             producer_max_record_bytes: 1_000_000,
             dead_letter_topic: service.transfer.topics.dlq.to_string(),
@@ -590,6 +604,18 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
             format!("must not be shorter than retryBackoffInitial ({initial:?}), got {max:?}"),
         ));
     }
+    let session_timeout = duration(
+        v,
+        "sessionTimeout",
+        d.session_timeout,
+        Duration::from_secs(1),
+    )?;
+    if session_timeout > Duration::from_secs(3600) {
+        return Err(v.err(
+            "sessionTimeout",
+            format!("must be at most 1h, got {session_timeout:?}"),
+        ));
+    }
     let count = |name, default: usize, min, max| -> Result<usize, ConfigError> {
         Ok(uint(v, name, default as u64, min, max)? as usize)
     };
@@ -608,6 +634,8 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
         )?,
         drain_timeout: duration(v, "drainTimeout", d.drain_timeout, Duration::ZERO)?,
         dedup_window: duration(v, "dedupWindow", d.dedup_window, Duration::from_millis(1))?,
+        session_timeout,
+        static_membership: v.bool("staticMembership").unwrap_or(d.static_membership),
         retry_backoff: Backoff { initial, max },
         producer_max_record_bytes: count(
             "producerMaxRecordBytes",

@@ -96,6 +96,8 @@ pub(crate) const RUST_TRANSFER: &[Field] = &[
     f("commitInterval", Duration),
     f("drainTimeout", Duration),
     f("dedupWindow", Duration),
+    f("sessionTimeout", Duration),
+    f("staticMembership", Bool),
     f("retryBackoffInitial", Duration),
     f("retryBackoffMax", Duration),
     f("producerMaxRecordBytes", Int),

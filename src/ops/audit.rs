@@ -133,10 +133,30 @@ fn inputs(record: &LoadRecord) -> Vec<Input> {
 pub async fn run(
     cfg: &Config,
     record: Option<&LoadRecord>,
+    progress: impl FnMut(&str),
+) -> anyhow::Result<AuditReport> {
+    run_with(cfg, record, &Options::default(), progress).await
+}
+
+/// How forgiving an audit is.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Redis lost data since the load (restart without persistence,
+    /// failover): stored messages missing from `MSG_CACHE` are not lost
+    /// messages. See [`History::cache_partial`].
+    pub cache_partial: bool,
+}
+
+/// [`run`] with [`Options`].
+pub async fn run_with(
+    cfg: &Config,
+    record: Option<&LoadRecord>,
+    options: &Options,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<AuditReport> {
     let mut h = History {
         open: true,
+        cache_partial: options.cache_partial,
         ..History::default()
     };
     let mut report = AuditReport {

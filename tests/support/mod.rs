@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod servers;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const HOW: &str = "start the local backends with `ci/backends.sh up` and then \

@@ -1,0 +1,160 @@
+//! Private backend processes that a fault test may kill and restart without
+//! disturbing the shared ones: a Redis server and a FerretDB, each on a
+//! free port of 127.0.0.1. The binaries are the ones `ci/backends.sh up`
+//! installs (`redis-server` on PATH, `.backends/bin/ferretdb-embedded`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use msgtransfer::ports::Clock;
+use msgtransfer::ports::clock::SystemClock;
+
+use super::daemon::free_port;
+
+const HOW: &str = "run `ci/backends.sh up` first: it installs redis-server and builds \
+                   .backends/bin/ferretdb-embedded";
+
+/// Waits until something accepts TCP connections on `port`.
+async fn until_listening(port: u16, what: &str) {
+    let clock = SystemClock::new();
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        clock.sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} on port {port} did not start listening within 15 s");
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `redis-server` without persistence: a restart starts empty.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start(tag: &str) -> RedisServer {
+        let dir = std::env::temp_dir().join(super::unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting redis-server: {e}; {HOW}"));
+        self.child = Some(child);
+        until_listening(self.port, "redis-server").await;
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: everything in memory is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Our FerretDB (MongoDB wire protocol over SQLite files), with its data
+/// in a directory of its own that survives restarts.
+pub struct FerretServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl FerretServer {
+    pub async fn start(tag: &str) -> FerretServer {
+        let dir = std::env::temp_dir().join(super::unique(tag));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let mut s = FerretServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let bin = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/.backends/bin/ferretdb-embedded"
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("ferretdb.log"))
+            .unwrap();
+        let child = Command::new(bin)
+            .args(["-listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("-data-dir")
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}; {HOW}"));
+        self.child = Some(child);
+        until_listening(self.port, "ferretdb-embedded").await;
+    }
+
+    /// `mongodb://` URI.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL, then a start on the same port and data directory.
+    pub async fn restart_after_kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for FerretServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
