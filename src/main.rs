@@ -253,8 +253,10 @@ fn run_daemon(dir: &std::path::Path, index: usize) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MSGTRANSFER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log.level()));
+    // Colours only for a person at a terminal, not in a log file.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log.format {
         msgtransfer::config::LogFormat::Json => logs.json().init(),
@@ -283,6 +285,7 @@ fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

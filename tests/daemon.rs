@@ -55,10 +55,7 @@ async fn daemon_moves_openim_traffic_through_real_backends_and_drains_on_sigterm
     let persisted = outcome.persisted.expect("waited");
     assert!(persisted.persisted >= persisted.stored);
     assert!(persisted.p50_ms.is_some());
-    assert_eq!(
-        load::LoadRecord::read(record_path).unwrap(),
-        outcome.record
-    );
+    assert_eq!(load::LoadRecord::read(record_path).unwrap(), outcome.record);
 
     // The metrics endpoint counts what happened, under OpenIM's names.
     let (status, body) = http_get(metrics_port, "/metrics");

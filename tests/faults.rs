@@ -28,6 +28,11 @@ const CRASH_REDIS_DB: u32 = 9;
 const REBALANCE_REDIS_DB: u32 = 10;
 const DLQ_REDIS_DB: u32 = 11;
 
+/// The heavy tests take turns: each loads the shared FerretDB hard
+/// enough that two at once on 2 cores would measure the machine, not the
+/// fault.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long a daemon may take to finish the rest after the last fault.
 const DRAIN: Duration = Duration::from_secs(240);
 
@@ -86,6 +91,7 @@ async fn until_persisted(daemon: &support::daemon::Daemon, n: f64) {
 /// offsets uncommitted). Producer duplicates ride along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_ten_times_under_load_loses_and_duplicates_nothing() {
+    let _turn = TURN.lock().await;
     let clock = SystemClock::new();
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
@@ -137,6 +143,7 @@ async fn kill9_ten_times_under_load_loses_and_duplicates_nothing() {
 /// rebalances again. Both must have done work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_rebalance_around_one_killed_and_restarted() {
+    let _turn = TURN.lock().await;
     let mut stand = Stand::on("rebalance", Endpoints::shared(REBALANCE_REDIS_DB), 2).await;
     stand.set(SESSION_TIMEOUT, "6s");
     let a = stand.start(0).await;
@@ -180,6 +187,7 @@ async fn two_daemons_rebalance_around_one_killed_and_restarted() {
 /// log; the cache is allowed to miss what Redis lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_data_loss_mid_stream_loses_and_duplicates_nothing() {
+    let _turn = TURN.lock().await;
     let mut redis = RedisServer::start("redisloss").await;
     let endpoints = Endpoints {
         redis_address: redis.address(),
@@ -224,6 +232,7 @@ async fn redis_restart_with_data_loss_mid_stream_loses_and_duplicates_nothing() 
 /// persistence consumer never commits past them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferretdb_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
+    let _turn = TURN.lock().await;
     let mut ferret = FerretServer::start("ferretkill").await;
     let endpoints = Endpoints {
         redis_address: support::redis_address(),
@@ -287,6 +296,7 @@ fn bad_config_is_refused_at_start_with_the_field_named() {
 /// partition is processed and every offset is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_record_goes_to_the_dead_letter_topic_and_the_rest_is_processed() {
+    let _turn = TURN.lock().await;
     use rdkafka::consumer::Consumer as _;
     let stand = Stand::new("dlq", DLQ_REDIS_DB).await;
     let topic = format!("{}.toRedis", stand.run);

@@ -146,7 +146,7 @@ async fn a_restarted_member_resumes_at_the_committed_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_member_takes_partitions_and_the_first_hears_of_it() {
+async fn a_second_member_takes_partitions_once_the_first_releases_them() {
     let topic = support::unique("t");
     let group = support::unique("g");
     support::kafka_topic(&topic, 4).await;
@@ -169,8 +169,26 @@ async fn a_second_member_takes_partitions_and_the_first_hears_of_it() {
     // Both members must keep polling for the group to settle.
     let mut a_events = Vec::new();
     let mut b_parts: Vec<i32> = Vec::new();
+    let mut released = false;
     for _ in 0..300 {
         let ev = a.poll(100, Duration::from_millis(50)).await.unwrap();
+        if let ConsumerEvent::Revoked(parts) = &ev {
+            // Until a hands its partitions back, the group waits: b gets
+            // nothing, however long a takes to finish its running work.
+            for _ in 0..20 {
+                let ev = b.poll(100, Duration::from_millis(50)).await.unwrap();
+                assert!(
+                    !matches!(ev, ConsumerEvent::Assigned(_)),
+                    "b was assigned before a released its partitions"
+                );
+                assert!(matches!(
+                    a.poll(100, Duration::from_millis(10)).await.unwrap(),
+                    ConsumerEvent::Idle
+                ));
+            }
+            a.release(parts.clone()).await.unwrap();
+            released = true;
+        }
         if let ConsumerEvent::Revoked(_) | ConsumerEvent::Assigned(_) = ev {
             a_events.push(ev);
         }
@@ -185,6 +203,7 @@ async fn a_second_member_takes_partitions_and_the_first_hears_of_it() {
             break;
         }
     }
+    assert!(released);
     assert_eq!(b_parts.len(), 2, "range assignment gives the newcomer half");
     assert!(
         a_events

@@ -3,11 +3,15 @@
 //! Consumer: a consumer-group member on one topic. Offsets are never stored
 //! automatically: the pipeline's [`LogConsumer::commit`] stores the offset
 //! to resume from only once every effect of the records before it is
-//! acknowledged, librdkafka's auto-commit sends what was stored every
-//! `auto.commit.interval.ms`, and on a revocation (and on close) what was
-//! stored is committed synchronously before the partitions go. Assignments
-//! and revocations reach the pipeline as [`ConsumerEvent`]s, ahead of any
-//! record of the new assignment.
+//! acknowledged, and librdkafka's auto-commit sends what was stored every
+//! `auto.commit.interval.ms`. Assignments and revocations reach the pipeline
+//! as [`ConsumerEvent`]s, in order with the records. A revocation is not
+//! carried out at once: the partitions stay ours (paused, the group waiting)
+//! until the pipeline has finished their running batches and calls
+//! [`LogConsumer::release`], which commits what was stored and hands them
+//! over. So an old and a new owner never write the same documents at the
+//! same time (on FerretDB, whose updates are read-modify-write, that loses
+//! one of the writes).
 //!
 //! Producer: `acks=all` with idempotence, so a retried produce cannot
 //! duplicate or reorder within a partition; the partition is chosen with
@@ -16,16 +20,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -90,35 +92,59 @@ fn unavailable(e: KafkaError) -> LogError {
     LogError::Unavailable(e.to_string())
 }
 
-/// Forwards librdkafka's rebalance callbacks to the consumer's event queue
-/// and commits stored offsets before partitions are taken away.
+/// Takes librdkafka's rebalance callbacks: an assignment is applied at once
+/// and reported; a revocation is reported and left pending until the
+/// pipeline calls [`LogConsumer::release`] (or at once when nobody is left
+/// to call it: the consumer is closing).
 struct Rebalancer {
     events: mpsc::UnboundedSender<ConsumerEvent>,
+    closing: Arc<AtomicBool>,
 }
 
 impl ClientContext for Rebalancer {}
 
 impl ConsumerContext for Rebalancer {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Everything the pipeline finished has been stored; make it
-            // durable while the partitions are still ours. A failure here
-            // only means redelivery to the next owner.
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
-                    tracing::warn!(error = %e, "commit on revoke failed; the next owner redelivers");
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "applying a partition assignment failed");
+                }
+                let _ = self.events.send(ConsumerEvent::Assigned(parts));
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if self.closing.load(Ordering::SeqCst)
+                    || self.events.send(ConsumerEvent::Revoked(parts)).is_err()
+                {
+                    hand_back(consumer);
                 }
             }
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let _ = self.events.send(ConsumerEvent::Revoked(parts));
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
+                let _ = consumer.unassign();
+            }
         }
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let _ = self.events.send(ConsumerEvent::Assigned(parts));
-        }
+/// Commits what was stored, then gives up the assignment so the group can
+/// go on rebalancing. A failed commit only means redelivery to the next
+/// owner.
+fn hand_back<C: ConsumerContext>(consumer: &impl Consumer<C>) {
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        && !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+    {
+        tracing::warn!(error = %e, "commit on revoke failed; the next owner redelivers");
+    }
+    if let Err(e) = consumer.unassign() {
+        tracing::error!(error = %e, "giving up revoked partitions failed");
     }
 }
 
@@ -133,6 +159,15 @@ pub struct KafkaConsumer {
     next: BTreeMap<i32, i64>,
     /// Records behind the partitions' high watermarks (see [`Self::lag`]).
     lag: Arc<AtomicI64>,
+    /// Partitions assigned and not revoked, as the events handed out say.
+    /// Records of other partitions (fetched before a revocation) are
+    /// dropped: whoever owns the partition next reads them again.
+    assigned: std::collections::BTreeSet<i32>,
+    /// A revocation was handed out and not yet released.
+    revoking: bool,
+    /// Set when this consumer is dropped: revocations during close are
+    /// carried out at once.
+    closing: Arc<AtomicBool>,
 }
 
 impl KafkaConsumer {
@@ -152,6 +187,7 @@ impl KafkaConsumer {
         instance: Option<&str>,
     ) -> Result<Self, LogError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let closing = Arc::new(AtomicBool::new(false));
         let mut config = settings.base();
         if let Some(id) = instance {
             config.set("group.instance.id", id);
@@ -170,7 +206,10 @@ impl KafkaConsumer {
                 settings.session_timeout.as_millis().to_string(),
             )
             .set("partition.assignment.strategy", "range")
-            .create_with_context(Rebalancer { events: tx })
+            .create_with_context(Rebalancer {
+                events: tx,
+                closing: closing.clone(),
+            })
             .map_err(|e| LogError::Refused(format!("kafka consumer: {e}")))?;
         consumer
             .subscribe(&[topic])
@@ -182,6 +221,9 @@ impl KafkaConsumer {
             held: Vec::new(),
             next: BTreeMap::new(),
             lag: Arc::default(),
+            assigned: Default::default(),
+            revoking: false,
+            closing,
         })
     }
 
@@ -228,10 +270,16 @@ impl KafkaConsumer {
     }
 
     fn on_event(&mut self, ev: &ConsumerEvent) {
-        if let ConsumerEvent::Revoked(parts) = ev {
-            for p in parts {
-                self.next.remove(p);
+        match ev {
+            ConsumerEvent::Revoked(parts) => {
+                self.revoking = true;
+                for p in parts {
+                    self.next.remove(p);
+                    self.assigned.remove(p);
+                }
             }
+            ConsumerEvent::Assigned(parts) => self.assigned.extend(parts.iter().copied()),
+            _ => {}
         }
     }
 
@@ -308,9 +356,12 @@ impl LogConsumer for KafkaConsumer {
         wait: Duration,
     ) -> BoxFuture<'_, Result<ConsumerEvent, LogError>> {
         Box::pin(async move {
-            let polled = self.receive(max, wait).await;
-            match &polled {
-                Ok(ConsumerEvent::Records(rs)) => self.update_lag(rs),
+            let mut polled = self.receive(max, wait).await;
+            match &mut polled {
+                Ok(ConsumerEvent::Records(rs)) => {
+                    rs.retain(|r| self.assigned.contains(&r.partition));
+                    self.update_lag(rs);
+                }
                 Ok(ev) => {
                     self.on_event(ev);
                     self.update_lag(&[]);
@@ -336,10 +387,25 @@ impl LogConsumer for KafkaConsumer {
             })
         })
     }
+
+    fn release(&mut self, _partitions: Vec<i32>) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            if std::mem::take(&mut self.revoking) {
+                hand_back(self.consumer.as_ref());
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
+        // From here on nobody answers a revocation: librdkafka's close
+        // gets its partitions back at once.
+        self.closing.store(true, Ordering::SeqCst);
+        if std::mem::take(&mut self.revoking) {
+            hand_back(self.consumer.as_ref());
+        }
         // Make what was stored durable before leaving the group.
         let _ = self.commit_stored();
     }

@@ -211,6 +211,13 @@ impl LogConsumer for CrashingConsumer {
     ) -> crate::ports::BoxFuture<'_, Result<(), crate::ports::LogError>> {
         self.inner.commit(offsets)
     }
+
+    fn release(
+        &mut self,
+        partitions: Vec<i32>,
+    ) -> crate::ports::BoxFuture<'_, Result<(), crate::ports::LogError>> {
+        self.inner.release(partitions)
+    }
 }
 
 /// Runs the demo on a runtime with `args.workers` worker threads.

@@ -234,6 +234,9 @@ struct Loop<H: Handler> {
     dirty: bool,
     /// Per partition, bumped when it is revoked; see [`Token`].
     generations: FxHashMap<i32, u64>,
+    /// Per partition, records among the running tasks (a record counts
+    /// once per task that holds a unit of it).
+    running: FxHashMap<i32, usize>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -327,6 +330,9 @@ impl<H: Handler> Loop<H> {
                 items.push(*it);
             }
             c.running = true;
+            for (p, _, _) in &tokens {
+                *self.running.entry(*p).or_insert(0) += 1;
+            }
             let handler = self.handler.clone();
             self.tasks.push(Box::pin(async move {
                 handler.process(conv.clone(), items).await;
@@ -341,6 +347,7 @@ impl<H: Handler> Loop<H> {
             Done::Batch(conv, tokens) => {
                 self.queued -= tokens.len();
                 for (p, o, g) in tokens {
+                    self.finished(p);
                     if g == self.generation(p) {
                         self.tracker.done(p, o);
                     }
@@ -356,6 +363,7 @@ impl<H: Handler> Loop<H> {
                 }
             }
             Done::DeadLetter((p, o, g)) => {
+                self.finished(p);
                 Metrics::add(&self.deps.metrics.dlq_records, 1);
                 if g == self.generation(p) {
                     self.tracker.done(p, o);
@@ -391,6 +399,7 @@ impl<H: Handler> Loop<H> {
                         dead_letter(&rec, &reason, &self.cfg.dlq_topic, self.deps.clock.now_ms());
                     let deps = self.deps.clone();
                     let backoff = self.cfg.backoff.clone();
+                    *self.running.entry(rec.partition).or_insert(0) += 1;
                     self.tasks.push(Box::pin(async move {
                         produce_until_acked(&deps, out, &backoff).await;
                         Done::DeadLetter(token)
@@ -400,11 +409,27 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn on_revoked(&mut self, partitions: &[i32]) {
-        self.tracker.revoke(partitions);
-        for p in partitions {
-            *self.generations.entry(*p).or_insert(0) += 1;
+    fn finished(&mut self, partition: i32) {
+        if let Some(n) = self.running.get_mut(&partition) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(&partition);
+            }
         }
+    }
+
+    /// Handles a revocation of `partitions`: no new work for them, their
+    /// running work finished (for at most `limit`; what is still running
+    /// then is abandoned to the next owner), what is done committed, the
+    /// partitions forgotten, and handed back to the log. Until the hand
+    /// back, the next owner does not start: two owners never write the same
+    /// documents at once.
+    async fn on_revoked(
+        &mut self,
+        partitions: &[i32],
+        consumer: &mut dyn LogConsumer,
+        limit: Duration,
+    ) {
         let mut dropped = 0;
         for c in self.convs.values_mut() {
             let before = c.queue.len();
@@ -413,8 +438,33 @@ impl<H: Handler> Loop<H> {
         }
         self.queued -= dropped;
         self.convs.retain(|_, c| c.running || !c.queue.is_empty());
+
+        let busy = |lp: &Self| partitions.iter().any(|p| lp.running.contains_key(p));
+        if busy(self) {
+            let mut deadline = self.deps.clock.sleep(limit);
+            while busy(self) {
+                tokio::select! {
+                    biased;
+                    Some(done) = self.tasks.next() => self.on_done(done),
+                    _ = &mut deadline => {
+                        tracing::warn!(
+                            ?partitions,
+                            "revoked partitions still have running batches; handing them over anyway"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        self.commit(consumer).await;
+
+        self.tracker.revoke(partitions);
         for p in partitions {
+            *self.generations.entry(*p).or_insert(0) += 1;
             self.committed.remove(p);
+        }
+        if let Err(e) = consumer.release(partitions.to_vec()).await {
+            tracing::warn!(error = %e, "handing back revoked partitions failed");
         }
     }
 
@@ -468,6 +518,7 @@ pub async fn run<H: Handler>(
         committed: FxHashMap::default(),
         dirty: false,
         generations: FxHashMap::default(),
+        running: FxHashMap::default(),
     };
     let mut draining = *shutdown.borrow();
     let mut poll_retry = Retrier::new(&cfg.backoff);
@@ -514,8 +565,7 @@ pub async fn run<H: Handler>(
                     }
                     Ok(ConsumerEvent::Revoked(parts)) => {
                         tracing::info!(?parts, "partitions revoked");
-                        lp.commit(consumer.as_mut()).await;
-                        lp.on_revoked(&parts);
+                        lp.on_revoked(&parts, consumer.as_mut(), cfg.drain_timeout).await;
                     }
                     Ok(ConsumerEvent::Idle) => input_idle = true,
                     Err(LogError::Closed) => {

@@ -85,8 +85,10 @@ pub enum ConsumerEvent {
     /// These partitions are now ours; delivery starts at their committed
     /// offsets.
     Assigned(Vec<i32>),
-    /// These partitions are no longer ours; commits for them are refused and
-    /// their in-flight work must be forgotten.
+    /// These partitions are being taken away. The loop stops starting work
+    /// for them, waits (bounded) for what is running, commits, forgets
+    /// them and calls [`LogConsumer::release`]; a log may keep them from
+    /// their next owner until then.
     Revoked(Vec<i32>),
     /// Nothing arrived within the wait.
     Idle,
@@ -127,6 +129,15 @@ pub trait LogConsumer: Send {
     /// Commits, for each `(partition, next_offset)`, the offset to resume
     /// from. Offsets only ever move forward.
     fn commit(&mut self, offsets: Vec<(i32, i64)>) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Hands back the partitions of the last [`ConsumerEvent::Revoked`]:
+    /// the loop has finished (or stopped waiting for) their running work
+    /// and committed what is done. The default does nothing, for a log that
+    /// hands revoked partitions over at once.
+    fn release(&mut self, partitions: Vec<i32>) -> BoxFuture<'_, Result<(), LogError>> {
+        let _ = partitions;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The acknowledgement of one produce.

@@ -169,7 +169,6 @@ impl Stand {
         let child = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
             .args(["run", "-c", CONFIG, "-i", &index.to_string()])
             .envs(&self.env)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
