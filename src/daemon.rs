@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
 use crate::backends::mongo::MongoStore;
+use crate::backends::redis::{RedisConn, SentinelConn};
 use crate::config::{self, Config, RedisMode};
 use crate::metrics::{LATENCY_BOUNDS_MS, Metrics};
 use crate::ports::hook::{ConversationHook, HookError, NewConversation};
@@ -180,22 +181,10 @@ pub fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
     })
 }
 
-pub(crate) async fn connect_redis(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+/// Connects to Redis as `redis.yml` says: the one server, or the primary
+/// that the sentinels name. Cluster mode is refused with the field named.
+pub async fn connect_redis(cfg: &Config) -> anyhow::Result<RedisConn> {
     let r = &cfg.redis;
-    match &r.mode {
-        RedisMode::Standalone => {}
-        RedisMode::Cluster | RedisMode::Sentinel(_) => anyhow::bail!(
-            "redis.yml: redisMode: only standalone Redis is supported by this build yet"
-        ),
-    }
-    let addr = r
-        .addresses
-        .first()
-        .context("redis.yml: address: no Redis address")?;
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("redis.yml: address: {addr:?} is not host:port"))?;
     let mut redis_info = redis::RedisConnectionInfo::default().set_db(i64::from(r.db));
     if !r.username.is_empty() {
         redis_info = redis_info.set_username(r.username.clone());
@@ -203,18 +192,59 @@ pub(crate) async fn connect_redis(cfg: &Config) -> anyhow::Result<redis::aio::Co
     if !r.password.is_empty() {
         redis_info = redis_info.set_password(r.password.clone());
     }
-    let info =
-        redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
+    // A WAIT (the failover fence) may take its whole timeout; the reply
+    // must be allowed that long and a little more.
+    let cache = cfg.service_config().transfer.cache;
+    let response_timeout = if cache.wait_replicas > 0 {
+        Duration::from_millis(cache.wait_timeout_ms) + Duration::from_secs(1)
+    } else {
+        Duration::from_millis(500)
+    };
+    let mut conn = match &r.mode {
+        RedisMode::Cluster => anyhow::bail!(
+            "redis.yml: redisMode: cluster is not supported by this build yet; \
+             use standalone or sentinel"
+        ),
+        RedisMode::Sentinel(s) => RedisConn::Sentinel(
+            SentinelConn::connect(&s.addresses, &s.master_name, redis_info, response_timeout)
+                .await
+                .with_context(|| {
+                    format!(
+                        "redis.yml: sentinelMode: no primary {:?} from the sentinels {:?}",
+                        s.master_name, s.addresses
+                    )
+                })?,
+        ),
+        RedisMode::Standalone => {
+            let addr = r
+                .addresses
+                .first()
+                .context("redis.yml: address: no Redis address")?;
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("redis.yml: address: {addr:?} is not host:port"))?;
+            let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+                host, port,
+            ))
             .context("redis address")?
             .set_redis_settings(redis_info);
-    let client = redis::Client::open(info).context("redis client")?;
-    let mut conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .with_context(|| format!("connecting to Redis at {addr}"))?;
+            let client = redis::Client::open(info).context("redis client")?;
+            RedisConn::Standalone(
+                redis::aio::ConnectionManager::new_with_config(
+                    client,
+                    redis::aio::ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(response_timeout)),
+                )
+                .await
+                .with_context(|| format!("connecting to Redis at {addr}"))?,
+            )
+        }
+    };
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .with_context(|| format!("PING to Redis at {addr}"))?;
+        .context("PING to Redis")?;
     Ok(conn)
 }
 

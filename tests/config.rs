@@ -701,6 +701,37 @@ fn sentinel_mode_needs_its_settings() {
     };
     assert_eq!(s.master_name, "mymaster");
     assert_eq!(s.addresses, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+    // Behind Sentinel the failover fence is on by default: one replica
+    // confirms every assignment.
+    let cache = f.load().unwrap().service_config().transfer.cache;
+    assert_eq!((cache.wait_replicas, cache.wait_timeout_ms), (1, 1000));
+    // (The shipped file has the knob commented out; its neighbour's line
+    // is taken for it.)
+    f.set(
+        "openim-msgtransfer.yml",
+        "redisWaitTimeout",
+        "redisWaitReplicas: 0",
+    );
+    assert_eq!(
+        f.load()
+            .unwrap()
+            .service_config()
+            .transfer
+            .cache
+            .wait_replicas,
+        0
+    );
+    f.set(
+        "openim-msgtransfer.yml",
+        "redisWaitReplicas",
+        "redisWaitReplicas: 17",
+    );
+    assert_error(
+        &f.load_err(),
+        "openim-msgtransfer.yml",
+        Some("rustTransfer.redisWaitReplicas"),
+        "must be 0 to 16",
+    );
 }
 
 // ---------------------------------------------------------------- environment

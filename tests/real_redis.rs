@@ -409,3 +409,44 @@ async fn pipeline_on_real_redis_passes_the_checker() {
         "no producer duplicate was caught"
     );
 }
+
+/// The failover fence: with a replica required and none there to confirm,
+/// `assign` refuses to hand out the seqs; the batch is retried later and
+/// gets the same seqs back from the dedup table.
+#[tokio::test]
+async fn the_failover_fence_refuses_seqs_no_replica_confirmed() {
+    let clock = ManualClock::new(NOW_MS);
+    let mut side = Side::new(support::redis_conn().await);
+    let conv = format!("sg_{}", support::unique("fence"));
+    let items = [item("m1", Some("u1"), "{\"seq\":")];
+    let fenced = CacheConfig {
+        wait_replicas: 1,
+        wait_timeout_ms: 50,
+        ..CacheConfig::default()
+    };
+    let refused = cache::assign(
+        &mut side.conn,
+        &side.store,
+        &clock,
+        &side.tokens,
+        &fenced,
+        &conv,
+        &items,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(cache::CacheError::NotReplicated {
+                acked: 0,
+                wanted: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    // Without the fence (or once a replica confirms) the same message gets
+    // the seq the refused attempt allocated: no seq is skipped or reused.
+    let done = side.assign(&clock, &conv, &items).await;
+    assert_eq!(done.seqs, vec![1]);
+    assert_eq!(done.hits, vec![true]);
+}

@@ -1,6 +1,6 @@
 // Command ferretdb-embedded runs a MongoDB-wire-compatible test server for
 // ci/backends.sh: FerretDB v1 used as a library, storing its data in SQLite
-// files under one directory.
+// files under one directory (the default) or in a PostgreSQL database.
 //
 // We build our own tiny main instead of FerretDB's cmd/ferretdb because that
 // command expects version files that are generated at release time and are
@@ -9,6 +9,7 @@
 // Usage:
 //
 //	ferretdb-embedded -listen 127.0.0.1:27017 -data-dir .backends/ferretdb-data
+//	ferretdb-embedded -listen 127.0.0.1:27017 -postgresql-url postgres://user@127.0.0.1:5432/ferretdb
 //
 // It stops cleanly (closing the listener, open connections and the SQLite
 // databases) on SIGTERM or SIGINT.
@@ -30,6 +31,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "TCP address to accept MongoDB wire protocol connections on")
 	dataDir := flag.String("data-dir", "ferretdb-data", "directory that holds the SQLite database files (created if missing)")
+	pgURL := flag.String("postgresql-url", "", "store the data in this PostgreSQL database instead of SQLite files")
 	debug := flag.Bool("debug", false, "log at debug level")
 	flag.Parse()
 
@@ -39,29 +41,37 @@ func main() {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	if err := run(*listen, *dataDir, logger); err != nil {
+	if err := run(*listen, *dataDir, *pgURL, logger); err != nil {
 		logger.Error("ferretdb-embedded failed", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, dataDir string, logger *slog.Logger) error {
-	dir, err := filepath.Abs(dataDir)
-	if err != nil {
-		return fmt.Errorf("data directory %q: %w", dataDir, err)
+func run(listen, dataDir, pgURL string, logger *slog.Logger) error {
+	config := ferretdb.Config{
+		Listener: ferretdb.ListenerConfig{TCP: listen},
+		Logger:   logger,
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
+	where := pgURL
+	if pgURL != "" {
+		config.Handler = "postgresql"
+		config.PostgreSQLURL = pgURL
+	} else {
+		dir, err := filepath.Abs(dataDir)
+		if err != nil {
+			return fmt.Errorf("data directory %q: %w", dataDir, err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+		// The SQLite handler wants a "file:" URI naming an existing
+		// directory, with a trailing slash.
+		config.Handler = "sqlite"
+		config.SQLiteURL = "file:" + dir + "/"
+		where = dir
 	}
 
-	// The SQLite handler wants a "file:" URI naming an existing directory,
-	// with a trailing slash.
-	server, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: listen},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: "file:" + dir + "/",
-	})
+	server, err := ferretdb.New(&config)
 	if err != nil {
 		return err
 	}
@@ -69,7 +79,7 @@ func run(listen, dataDir string, logger *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	logger.Info("ferretdb-embedded starting", "listen", listen, "data_dir", dir, "pid", os.Getpid())
+	logger.Info("ferretdb-embedded starting", "listen", listen, "handler", config.Handler, "data", where, "pid", os.Getpid())
 	if err := server.Run(ctx); err != nil {
 		return err
 	}

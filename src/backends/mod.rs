@@ -2,10 +2,10 @@
 //!
 //! - [`kafka`]: the log ports over Apache Kafka (rdkafka).
 //! - [`mongo`]: the document store over MongoDB (and FerretDB v1).
-//!
-//! Redis needs no adapter: the service's Redis code is written against
-//! `redis::aio::ConnectionLike`, which the `redis` crate's own connections
-//! implement.
+//! - [`redis`]: the daemon's Redis connection per `redisMode` (standalone,
+//!   or the primary Sentinel names). The service's Redis code itself is
+//!   written against `redis::aio::ConnectionLike` and needs no adapter.
 
 pub mod kafka;
 pub mod mongo;
+pub mod redis;

@@ -59,6 +59,14 @@ pub struct CacheConfig {
     /// Lock checks before giving up with [`CacheError::LockTimeout`]
     /// (the caller retries the whole batch later).
     pub lock_wait_attempts: u32,
+    /// Replicas that must hold an assignment before its seqs are used
+    /// (`WAIT`); 0 waits for none. This is the failover fence: a replica
+    /// promoted after the primary died has every seq handed out, so it
+    /// cannot hand one out again.
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take; when fewer replicas confirm, the batch
+    /// fails and is retried (its seqs come back from the dedup table).
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -72,6 +80,8 @@ impl Default for CacheConfig {
             lock_wait_initial: Duration::from_millis(5),
             lock_wait_max: Duration::from_millis(250),
             lock_wait_attempts: 40,
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
         }
     }
 }
@@ -93,6 +103,14 @@ pub enum CacheError {
     /// The script answered something it never answers.
     #[error("unexpected reply from assign script: {0:?}")]
     Protocol(Vec<i64>),
+    /// Fewer replicas than required confirmed the assignment in time.
+    #[error("assignment reached {acked} of {wanted} replicas in time")]
+    NotReplicated {
+        /// Replicas that confirmed.
+        acked: i64,
+        /// Replicas required.
+        wanted: u32,
+    },
 }
 
 /// One message of a batch, as the script needs it.
@@ -272,6 +290,21 @@ pub async fn assign<C: ConnectionLike + Send>(
         };
         match reply.first().copied() {
             Some(0) if reply.len() == 2 + 2 * items.len() => {
+                if cfg.wait_replicas > 0 {
+                    // WAIT covers every write this connection sent before
+                    // it, our script's among them.
+                    let acked: i64 = redis::cmd("WAIT")
+                        .arg(cfg.wait_replicas)
+                        .arg(cfg.wait_timeout_ms)
+                        .query_async(conn)
+                        .await?;
+                    if acked < i64::from(cfg.wait_replicas) {
+                        return Err(CacheError::NotReplicated {
+                            acked,
+                            wanted: cfg.wait_replicas,
+                        });
+                    }
+                }
                 let mut seqs = Vec::with_capacity(items.len());
                 let mut hits = Vec::with_capacity(items.len());
                 for pair in reply[2..].chunks_exact(2) {

@@ -398,6 +398,13 @@ pub struct Tuning {
     /// `sessionTimeout`; a stopped one keeps them, unconsumed, until
     /// `sessionTimeout` passes. Every process needs its own `-i`.
     pub static_membership: bool,
+    /// `redisWaitReplicas`: replicas that must confirm every seq assignment
+    /// (`WAIT`) before the seqs are used: the failover fence. Default: 1
+    /// in sentinel mode, 0 otherwise.
+    pub redis_wait_replicas: Option<u32>,
+    /// `redisWaitTimeout`: how long one `WAIT` may take before the batch
+    /// is retried (default 1s).
+    pub redis_wait_timeout: Duration,
     /// `retryBackoffInitial` / `retryBackoffMax`: the delays between retries
     /// of a failed step (default 10ms doubling up to 2s).
     pub retry_backoff: Backoff,
@@ -424,6 +431,8 @@ impl Default for Tuning {
             dedup_window: Duration::from_millis(service.transfer.cache.dedup_window_ms as u64),
             session_timeout: Duration::from_secs(10),
             static_membership: false,
+            redis_wait_replicas: None,
+            redis_wait_timeout: Duration::from_secs(1),
             retry_backoff: service.transfer.backoff,
             producer_max_record_bytes: 1_000_000,
             dead_letter_topic: service.transfer.topics.dlq.to_string(),
@@ -447,6 +456,15 @@ impl Config {
             },
             cache: CacheConfig {
                 dedup_window_ms: i64::try_from(t.dedup_window.as_millis()).unwrap_or(i64::MAX),
+                wait_replicas: t.redis_wait_replicas.unwrap_or(
+                    if matches!(self.redis.mode, RedisMode::Sentinel(_)) {
+                        1
+                    } else {
+                        0
+                    },
+                ),
+                wait_timeout_ms: u64::try_from(t.redis_wait_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
                 ..base.transfer.cache
             },
             backoff: t.retry_backoff.clone(),
@@ -636,6 +654,20 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
         dedup_window: duration(v, "dedupWindow", d.dedup_window, Duration::from_millis(1))?,
         session_timeout,
         static_membership: v.bool("staticMembership").unwrap_or(d.static_membership),
+        redis_wait_replicas: match v.int("redisWaitReplicas") {
+            None => d.redis_wait_replicas,
+            Some(n) => {
+                Some(u32::try_from(n).ok().filter(|n| *n <= 16).ok_or_else(|| {
+                    v.err("redisWaitReplicas", format!("must be 0 to 16, got {n}"))
+                })?)
+            }
+        },
+        redis_wait_timeout: duration(
+            v,
+            "redisWaitTimeout",
+            d.redis_wait_timeout,
+            Duration::from_millis(1),
+        )?,
         retry_backoff: Backoff { initial, max },
         producer_max_record_bytes: count(
             "producerMaxRecordBytes",

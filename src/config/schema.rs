@@ -98,6 +98,8 @@ pub(crate) const RUST_TRANSFER: &[Field] = &[
     f("dedupWindow", Duration),
     f("sessionTimeout", Duration),
     f("staticMembership", Bool),
+    f("redisWaitReplicas", Int),
+    f("redisWaitTimeout", Duration),
     f("retryBackoffInitial", Duration),
     f("retryBackoffMax", Duration),
     f("producerMaxRecordBytes", Int),

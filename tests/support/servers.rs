@@ -37,16 +37,23 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start(tag: &str) -> RedisServer {
+        RedisServer::start_with(tag, &[]).await
+    }
+
+    /// With more `redis-server` options, e.g. `--replicaof host port`.
+    pub async fn start_with(tag: &str, extra: &[String]) -> RedisServer {
         let dir = std::env::temp_dir().join(super::unique(tag));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = RedisServer {
             port: free_port(),
             dir,
             child: None,
+            extra: extra.to_vec(),
         };
         s.spawn().await;
         s
@@ -59,6 +66,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
@@ -151,6 +159,102 @@ impl FerretServer {
 }
 
 impl Drop for FerretServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Sentinel watching one primary as `mymaster`, quorum 1, that
+/// declares it down after 1 s.
+pub struct SentinelServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SentinelServer {
+    pub const MASTER: &'static str = "mymaster";
+
+    pub async fn start(tag: &str, primary_port: u16) -> SentinelServer {
+        let dir = std::env::temp_dir().join(super::unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {m} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {m} 1000\n\
+                 sentinel failover-timeout {m} 5000\n\
+                 sentinel parallel-syncs {m} 1\n",
+                dir = dir.display(),
+                m = Self::MASTER,
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sentinel.log")).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting redis-server --sentinel: {e}; {HOW}"));
+        until_listening(port, "redis sentinel").await;
+        SentinelServer {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn ask(&self, args: &[&str]) -> redis::Value {
+        let mut conn = redis::Client::open(format!("redis://{}/", self.address()))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut cmd = redis::cmd("SENTINEL");
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.unwrap()
+    }
+
+    /// The port of the node the sentinel calls the primary.
+    pub async fn primary_port(&self) -> u16 {
+        let (_, port): (String, String) =
+            redis::from_redis_value(self.ask(&["get-master-addr-by-name", Self::MASTER]).await)
+                .unwrap();
+        port.parse().unwrap()
+    }
+
+    /// Waits (at most 30 s) until the sentinel knows `n` replicas of the
+    /// primary.
+    pub async fn until_replicas(&self, n: usize) {
+        let clock = SystemClock::new();
+        for _ in 0..300 {
+            if let redis::Value::Array(rs) = self.ask(&["replicas", Self::MASTER]).await
+                && rs.len() >= n
+            {
+                return;
+            }
+            clock.sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the sentinel did not discover {n} replica(s) within 30 s");
+    }
+}
+
+impl Drop for SentinelServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill9(&mut c);
