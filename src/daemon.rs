@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
 use crate::backends::mongo::MongoStore;
-use crate::backends::redis::{RedisConn, SentinelConn};
+use crate::backends::redis::{ClusterConn, RedisConn, SentinelConn};
 use crate::config::{self, Config, RedisMode};
 use crate::metrics::{LATENCY_BOUNDS_MS, Metrics};
 use crate::ports::hook::{ConversationHook, HookError, NewConversation};
@@ -201,10 +201,21 @@ pub async fn connect_redis(cfg: &Config) -> anyhow::Result<RedisConn> {
         Duration::from_millis(500)
     };
     let mut conn = match &r.mode {
-        RedisMode::Cluster => anyhow::bail!(
-            "redis.yml: redisMode: cluster is not supported by this build yet; \
-             use standalone or sentinel"
-        ),
+        RedisMode::Cluster => {
+            if cache.wait_replicas > 0 {
+                anyhow::bail!(
+                    "openim-msgtransfer.yml: rustTransfer.redisWaitReplicas: WAIT is not \
+                     supported with redisMode cluster; set it to 0"
+                );
+            }
+            RedisConn::Cluster(
+                ClusterConn::connect(&r.addresses, redis_info, response_timeout)
+                    .await
+                    .with_context(|| {
+                        format!("redis.yml: address: no Redis Cluster at {:?}", r.addresses)
+                    })?,
+            )
+        }
         RedisMode::Sentinel(s) => RedisConn::Sentinel(
             SentinelConn::connect(&s.addresses, &s.master_name, redis_info, response_timeout)
                 .await

@@ -30,7 +30,7 @@ struct Side<C> {
     tokens: TokenSource,
 }
 
-impl<C: ConnectionLike + Send> Side<C> {
+impl<C: ConnectionLike + Clone + Send + Sync> Side<C> {
     fn new(conn: C) -> Self {
         Side {
             conn,
@@ -449,4 +449,54 @@ async fn the_failover_fence_refuses_seqs_no_replica_confirmed() {
     let done = side.assign(&clock, &conv, &items).await;
     assert_eq!(done.seqs, vec![1]);
     assert_eq!(done.hits, vec![true]);
+}
+
+/// Redis Cluster mode writes the cache entries and read seqs one command
+/// per key instead of inside the script: the keys, values and TTLs come
+/// out the same.
+#[tokio::test]
+async fn per_key_cache_writes_leave_what_the_script_leaves() {
+    let clock = ManualClock::new(NOW_MS);
+    let mut side = Side::new(support::redis_conn().await);
+    let run = support::unique("perkey");
+    let (in_script, per_key) = (format!("sg_{run}a"), format!("sg_{run}b"));
+    let items = [
+        item("m1", Some("u1"), "{\"seq\":"),
+        item("m2", Some("u2"), "{\"seq\":"),
+        item("m3", Some("u1"), "{\"seq\":"),
+        item("m1", Some("u1"), "{\"seq\":"),
+    ];
+    let a = side.assign(&clock, &in_script, &items).await;
+    let cluster_cfg = CacheConfig {
+        cache_in_script: false,
+        ..CacheConfig::default()
+    };
+    let b = cache::assign(
+        &mut side.conn,
+        &side.store,
+        &clock,
+        &side.tokens,
+        &cluster_cfg,
+        &per_key,
+        &items,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.seqs, b.seqs);
+    assert_eq!(a.hits, b.hits);
+    for seq in &a.seqs {
+        let (ka, kb) = (
+            msg_cache_key(&in_script, *seq),
+            msg_cache_key(&per_key, *seq),
+        );
+        assert_eq!(side.hgetall(&ka).await, side.hgetall(&kb).await);
+        assert!(side.pttl(&kb).await > 0);
+    }
+    for user in ["u1", "u2"] {
+        let (ka, kb) = (read_seq_key(&in_script, user), read_seq_key(&per_key, user));
+        let got = side.hgetall(&kb).await;
+        assert_eq!(side.hgetall(&ka).await, got);
+        assert!(!got.is_empty());
+        assert!(side.pttl(&kb).await > 0);
+    }
 }

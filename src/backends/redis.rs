@@ -4,7 +4,14 @@
 //!   connection, reconnected after a failure);
 //! - `sentinel`: the primary that the sentinels name for `masterName`, asked
 //!   for again after a connection failure or a `READONLY` reply (the node we
-//!   talked to was demoted), so that a failover is followed.
+//!   talked to was demoted), so that a failover is followed;
+//! - `cluster`: redis-rs's cluster connection, which routes every command
+//!   to the node of its key's slot. OpenIM's key names put a conversation's
+//!   `MALLOC_SEQ`, `MSG_CACHE` and `SEQ_USER_READ` keys in different slots,
+//!   so in this mode the assign script touches only the allocator and its
+//!   dedup table (one slot, by hash tag) and the cache entries and read seqs
+//!   are written next, one routed command per key
+//!   ([`crate::cache::CacheConfig::cache_in_script`]).
 //!
 //! Both carry the same commands and scripts (`crate::cache`). What a
 //! failover may lose is fenced there: with replicas configured, every
@@ -26,6 +33,87 @@ pub enum RedisConn {
     Standalone(ConnectionManager),
     /// The primary named by Sentinel.
     Sentinel(SentinelConn),
+    /// A Redis Cluster.
+    Cluster(ClusterConn),
+}
+
+/// A Redis Cluster connection, and what is needed to reach each node by
+/// itself (to read every node's keys back).
+#[derive(Clone)]
+pub struct ClusterConn {
+    conn: redis::cluster_async::ClusterConnection,
+    node: redis::RedisConnectionInfo,
+}
+
+impl ClusterConn {
+    /// Connects to the cluster that `nodes` (`host:port`) belong to.
+    pub async fn connect(
+        nodes: &[String],
+        node: redis::RedisConnectionInfo,
+        response_timeout: std::time::Duration,
+    ) -> RedisResult<ClusterConn> {
+        let mut b = redis::cluster::ClusterClient::builder(
+            nodes
+                .iter()
+                .map(|a| format!("redis://{a}"))
+                .collect::<Vec<_>>(),
+        )
+        .response_timeout(response_timeout);
+        if let Some(u) = node.username() {
+            b = b.username(u);
+        }
+        if let Some(p) = node.password() {
+            b = b.password(p);
+        }
+        let conn = b.build()?.get_async_connection().await?;
+        Ok(ClusterConn { conn, node })
+    }
+
+    /// Every key the checker reads, from every primary (`SCAN` only walks
+    /// the node it is sent to).
+    pub async fn dump(&mut self) -> RedisResult<crate::cache::RedisDump> {
+        let slots: Vec<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.conn)
+            .await?;
+        let mut primaries: Vec<(String, u16)> = Vec::new();
+        for range in slots {
+            // [start, end, [host, port, id, ...], replicas...]
+            let Value::Array(parts) = range else { continue };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                continue;
+            };
+            let host: String = redis::from_redis_value(primary[0].clone())?;
+            let port: u16 = redis::from_redis_value(primary[1].clone())?;
+            if !primaries.contains(&(host.clone(), port)) {
+                primaries.push((host, port));
+            }
+        }
+        let mut all = crate::cache::RedisDump::default();
+        for (host, port) in primaries {
+            let info = redis::IntoConnectionInfo::into_connection_info(
+                redis::ConnectionAddr::Tcp(host, port),
+            )?
+            .set_redis_settings(self.node.clone());
+            let mut c = redis::Client::open(info)?
+                .get_multiplexed_async_connection()
+                .await?;
+            let part = crate::cache::RedisDump::read(&mut c).await?;
+            all.hashes.extend(part.hashes);
+        }
+        Ok(all)
+    }
+}
+
+impl RedisConn {
+    /// Every key the checker reads (see [`crate::cache::RedisDump`]), from
+    /// every node in cluster mode.
+    pub async fn dump(&mut self) -> RedisResult<crate::cache::RedisDump> {
+        match self {
+            RedisConn::Cluster(c) => c.dump().await,
+            other => crate::cache::RedisDump::read(other).await,
+        }
+    }
 }
 
 impl ConnectionLike for RedisConn {
@@ -33,6 +121,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Standalone(c) => c.req_packed_command(cmd),
             RedisConn::Sentinel(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.conn.req_packed_command(cmd),
         }
     }
 
@@ -45,6 +134,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             RedisConn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.conn.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -52,6 +142,7 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Standalone(c) => c.get_db(),
             RedisConn::Sentinel(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.conn.get_db(),
         }
     }
 }

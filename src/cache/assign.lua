@@ -17,7 +17,9 @@
 -- ARGV[10] MSG_CACHE TTL, s
 -- ARGV[11] SEQ_USER_READ TTL, s
 -- ARGV[12] n, the number of messages
--- ARGV[13..12+4n]  per message: clientMsgID, sender index (0 = none),
+-- ARGV[13] 1: write MSG_CACHE and SEQ_USER_READ here; 0: leave them to the
+--          caller (Redis Cluster, where those keys live in other slots)
+-- ARGV[14..13+4n]  per message: clientMsgID, sender index (0 = none),
 --                  cache JSON before the seq, cache JSON after the seq
 -- then the sender user IDs, indexed from 1.
 --
@@ -35,7 +37,8 @@ local now = tonumber(ARGV[2])
 local token = ARGV[3]
 local mode = tonumber(ARGV[4])
 local n = tonumber(ARGV[12])
-local base = 12
+local write_cache = ARGV[13] == '1'
+local base = 13
 local senders_at = base + 4 * n
 
 local function num(x) return string.format('%d', x) end
@@ -138,12 +141,14 @@ local top = {}
 local reply = {0, prev}
 for i = 1, n do
   local at = base + 4 * (i - 1)
-  local s = num(seqs[i])
-  local key = 'MSG_CACHE:' .. conv .. ':' .. s
-  redis.call('HSET', key, 'value', ARGV[at + 3] .. s .. ARGV[at + 4])
-  redis.call('EXPIRE', key, ARGV[10])
-  local who = tonumber(ARGV[at + 2])
-  if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
+  if write_cache then
+    local s = num(seqs[i])
+    local key = 'MSG_CACHE:' .. conv .. ':' .. s
+    redis.call('HSET', key, 'value', ARGV[at + 3] .. s .. ARGV[at + 4])
+    redis.call('EXPIRE', key, ARGV[10])
+    local who = tonumber(ARGV[at + 2])
+    if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
+  end
   reply[#reply + 1] = seqs[i]
   reply[#reply + 1] = hits[i]
 end

@@ -67,6 +67,11 @@ pub struct CacheConfig {
     /// How long one `WAIT` may take; when fewer replicas confirm, the batch
     /// fails and is retried (its seqs come back from the dedup table).
     pub wait_timeout_ms: u64,
+    /// The assign script writes `MSG_CACHE` and `SEQ_USER_READ` itself (one
+    /// atomic step). False for Redis Cluster, where those keys live in other
+    /// slots than the allocator's: they are written next, one command per
+    /// key, each routed to its own node (`put.lua`).
+    pub cache_in_script: bool,
 }
 
 impl Default for CacheConfig {
@@ -82,6 +87,7 @@ impl Default for CacheConfig {
             lock_wait_attempts: 40,
             wait_replicas: 0,
             wait_timeout_ms: 1000,
+            cache_in_script: true,
         }
     }
 }
@@ -140,6 +146,9 @@ pub struct Assignment {
 
 /// The assign script's source.
 const ASSIGN_SOURCE: &str = include_str!("assign.lua");
+
+/// One cache or read-seq write by itself (Redis Cluster).
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("put.lua")));
 
 /// Its SHA1, as EVALSHA wants it.
 static ASSIGN_SHA: LazyLock<String> =
@@ -201,7 +210,7 @@ struct Refill {
 
 /// Assigns seqs to one batch of one conversation, caches the messages and
 /// raises the senders' read seqs (see the module docs).
-pub async fn assign<C: ConnectionLike + Send>(
+pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
     conn: &mut C,
     store: &dyn DocStore,
     clock: &dyn Clock,
@@ -264,15 +273,22 @@ pub async fn assign<C: ConnectionLike + Send>(
             .arg(cfg.lock_ttl_ms)
             .arg(cfg.msg_cache_ttl_s)
             .arg(cfg.read_seq_ttl_s)
-            .arg(items.len());
+            .arg(items.len())
+            .arg(u8::from(cfg.cache_in_script));
         for (it, who) in items.iter().zip(&sender_index) {
-            cmd.arg(it.client_msg_id)
-                .arg(*who)
-                .arg(it.json_prefix)
-                .arg(it.json_suffix);
+            if cfg.cache_in_script {
+                cmd.arg(it.client_msg_id)
+                    .arg(*who)
+                    .arg(it.json_prefix)
+                    .arg(it.json_suffix);
+            } else {
+                cmd.arg(it.client_msg_id).arg(0).arg("").arg("");
+            }
         }
-        for s in &senders {
-            cmd.arg(*s);
+        if cfg.cache_in_script {
+            for s in &senders {
+                cmd.arg(*s);
+            }
         }
         let reply: Vec<i64> = match cmd.query_async(conn).await {
             Ok(r) => r,
@@ -311,6 +327,9 @@ pub async fn assign<C: ConnectionLike + Send>(
                     seqs.push(pair[0]);
                     hits.push(pair[1] == 1);
                 }
+                if !cfg.cache_in_script {
+                    put_each(conn, cfg, conversation_id, items, &seqs).await?;
+                }
                 return Ok(Assignment {
                     prev: reply[1],
                     seqs,
@@ -344,6 +363,47 @@ pub async fn assign<C: ConnectionLike + Send>(
             _ => return Err(CacheError::Protocol(reply)),
         }
     }
+}
+
+/// Writes the cache entries and raises the senders' read seqs of an
+/// assignment, one command per key so that each goes to the node holding
+/// its slot (Redis Cluster); all at once. Like the script, it is
+/// idempotent: a retry writes the same values.
+async fn put_each<C: ConnectionLike + Clone + Send + Sync>(
+    conn: &C,
+    cfg: &CacheConfig,
+    conversation_id: &str,
+    items: &[AssignItem<'_>],
+    seqs: &[i64],
+) -> Result<(), CacheError> {
+    let mut top: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    let mut writes = Vec::with_capacity(items.len());
+    for (it, seq) in items.iter().zip(seqs) {
+        if let Some(who) = it.sender {
+            let t = top.entry(who).or_insert(*seq);
+            *t = (*t).max(*seq);
+        }
+        let mut inv = PUT.prepare_invoke();
+        inv.key(msg_cache_key(conversation_id, *seq))
+            .arg("cache")
+            .arg(format!("{}{seq}{}", it.json_prefix, it.json_suffix))
+            .arg(cfg.msg_cache_ttl_s);
+        writes.push(inv);
+    }
+    for (who, seq) in top {
+        let mut inv = PUT.prepare_invoke();
+        inv.key(read_seq_key(conversation_id, who))
+            .arg("read")
+            .arg(seq)
+            .arg(cfg.read_seq_ttl_s);
+        writes.push(inv);
+    }
+    futures::future::try_join_all(writes.iter().map(|inv| {
+        let mut c = conn.clone();
+        async move { inv.invoke_async::<i64>(&mut c).await }
+    }))
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

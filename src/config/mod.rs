@@ -465,6 +465,7 @@ impl Config {
                 ),
                 wait_timeout_ms: u64::try_from(t.redis_wait_timeout.as_millis())
                     .unwrap_or(u64::MAX),
+                cache_in_script: !matches!(self.redis.mode, RedisMode::Cluster),
                 ..base.transfer.cache
             },
             backoff: t.retry_backoff.clone(),

@@ -15,7 +15,6 @@ use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 
 use crate::backends::kafka::read_topic_to_end;
-use crate::cache::RedisDump;
 use crate::check::{self, History, Input, Report, Seen};
 use crate::config::Config;
 use crate::domain::bucket;
@@ -213,7 +212,7 @@ pub async fn run_with(
     report.misplaced += misplaced;
     progress("reading Redis");
     let mut redis = crate::daemon::connect_redis(cfg).await?;
-    let dump = RedisDump::read(&mut redis).await.context("reading Redis")?;
+    let dump = redis.dump().await.context("reading Redis")?;
     report.cache_entries = dump.with_prefix("MSG_CACHE:").count() as u64;
     report.misplaced += history::add_redis(&mut h, &dump);
     progress("checking");

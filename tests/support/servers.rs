@@ -27,6 +27,15 @@ async fn until_listening(port: u16, what: &str) {
     panic!("{what} on port {port} did not start listening within 15 s");
 }
 
+/// A connection to the Redis node (or sentinel) at `address`.
+pub async fn connect(address: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{address}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach Redis at {address}: {e}"))
+}
+
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -218,11 +227,7 @@ impl SentinelServer {
     }
 
     async fn ask(&self, args: &[&str]) -> redis::Value {
-        let mut conn = redis::Client::open(format!("redis://{}/", self.address()))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut conn = connect(&self.address()).await;
         let mut cmd = redis::cmd("SENTINEL");
         for a in args {
             cmd.arg(*a);
@@ -260,5 +265,79 @@ impl Drop for SentinelServer {
             kill9(&mut c);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free ports, slots
+/// spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(tag: &str, n: usize) -> RedisCluster {
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let extra = [
+                "--cluster-enabled".to_string(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ];
+            nodes.push(RedisServer::start_with(tag, &extra).await);
+        }
+        let addrs: Vec<String> = nodes.iter().map(RedisServer::address).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}; {HOW}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let clock = SystemClock::new();
+        for node in &nodes {
+            let mut conn = connect(&node.address()).await;
+            let mut ok = false;
+            for _ in 0..300 {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    ok = true;
+                    break;
+                }
+                clock.sleep(Duration::from_millis(100)).await;
+            }
+            assert!(ok, "cluster node {} not ok within 30 s", node.address());
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The nodes' `host:port`s, comma-separated (OpenIM's `address` list).
+    pub fn addresses(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::address)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Keys on each node (`DBSIZE`).
+    pub async fn key_counts(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let mut conn = connect(&node.address()).await;
+            out.push(redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap());
+        }
+        out
     }
 }
