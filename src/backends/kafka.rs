@@ -403,11 +403,13 @@ impl Drop for KafkaConsumer {
         // From here on nobody answers a revocation: librdkafka's close
         // gets its partitions back at once.
         self.closing.store(true, Ordering::SeqCst);
+        // Make what was stored durable before leaving the group (hand_back
+        // commits too, and gives up a pending revocation).
         if std::mem::take(&mut self.revoking) {
             hand_back(self.consumer.as_ref());
+        } else {
+            let _ = self.commit_stored();
         }
-        // Make what was stored durable before leaving the group.
-        let _ = self.commit_stored();
     }
 }
 

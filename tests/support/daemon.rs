@@ -103,7 +103,7 @@ impl Stand {
         for t in ["toRedis", "toMongo", "toPush", "dlq"] {
             super::kafka_topic(&format!("{run}.{t}"), 4).await;
         }
-        flush_redis(&endpoints.redis_address, endpoints.redis_db).await;
+        super::redis_flushed_at(&endpoints.redis_address, endpoints.redis_db).await;
         let client = mongodb::Client::with_uri_str(&endpoints.mongo_uri)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", endpoints.mongo_uri));
@@ -256,19 +256,6 @@ impl Stand {
 
 fn config(env: &BTreeMap<String, String>) -> msgtransfer::config::Config {
     msgtransfer::config::load(std::path::Path::new(CONFIG), 0, env).unwrap()
-}
-
-async fn flush_redis(address: &str, db: u32) {
-    let url = format!("redis://{address}/{db}");
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"));
-    redis::cmd("FLUSHDB")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
 }
 
 /// A running `msgtransfer run`. Dropping it kills the process, so a failed

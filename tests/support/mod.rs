@@ -37,7 +37,13 @@ pub fn redis_address() -> String {
 /// A connection to database `db` of the real Redis, emptied first: for a
 /// test that owns that database (its keys are fixed by a seed).
 pub async fn redis_db_flushed(db: u32) -> redis::aio::MultiplexedConnection {
-    let url = format!("redis://{}/{db}", redis_address());
+    redis_flushed_at(&redis_address(), db).await
+}
+
+/// A connection to database `db` of the Redis server at `address`
+/// (`host:port`), emptied first.
+pub async fn redis_flushed_at(address: &str, db: u32) -> redis::aio::MultiplexedConnection {
+    let url = format!("redis://{address}/{db}");
     let mut conn = redis::Client::open(url.as_str())
         .unwrap_or_else(|e| panic!("{url}: {e}"))
         .get_multiplexed_async_connection()
