@@ -74,7 +74,6 @@ struct Group {
 
 struct State {
     partitions: i32,
-    max_record_bytes: usize,
     topics: BTreeMap<Arc<str>, Vec<Vec<Record>>>,
     groups: BTreeMap<String, Group>,
     next_member: u64,
@@ -99,6 +98,9 @@ pub struct EmbeddedLog {
     arrivals: Arc<Notify>,
     clock: SharedClock,
     faults: Option<Arc<FaultPlan>>,
+    /// Fixed at creation; kept outside the lock because the transfer stage
+    /// asks for it once per record.
+    max_record_bytes: usize,
 }
 
 impl EmbeddedLog {
@@ -108,7 +110,6 @@ impl EmbeddedLog {
         Self {
             state: Arc::new(Mutex::new(State {
                 partitions: partitions.max(1),
-                max_record_bytes,
                 topics: BTreeMap::new(),
                 groups: BTreeMap::new(),
                 next_member: 1,
@@ -117,6 +118,7 @@ impl EmbeddedLog {
             arrivals: Arc::new(Notify::new()),
             clock,
             faults: None,
+            max_record_bytes,
         }
     }
 
@@ -129,14 +131,14 @@ impl EmbeddedLog {
     /// Appends a record and returns where it went.
     pub fn append(&self, rec: OutRecord) -> Result<Delivered, LogError> {
         let now = self.clock.now_ms();
-        let mut st = self.state.lock();
         let size = rec.size();
-        if size > st.max_record_bytes {
+        if size > self.max_record_bytes {
             return Err(LogError::TooLarge {
                 size,
-                limit: st.max_record_bytes,
+                limit: self.max_record_bytes,
             });
         }
+        let mut st = self.state.lock();
         let n = st.partitions;
         let partition = if rec.key.is_empty() {
             st.round_robin += 1;
@@ -264,7 +266,7 @@ impl LogProducer for EmbeddedProducer {
     }
 
     fn max_record_bytes(&self) -> usize {
-        self.log.state.lock().max_record_bytes
+        self.log.max_record_bytes
     }
 }
 

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind};
 
-use super::engine::{Engine, Reply, Session};
+use super::engine::{ClientIds, Engine, Reply, Session};
 use super::resp::{encode_reply, parse_command};
 use crate::ports::clock::SharedClock;
 
@@ -55,6 +55,7 @@ pub fn shared_engine(seed: u64) -> Arc<Mutex<Engine>> {
 /// and the fault hook but gets its own [`Session`] (client id, MULTI state).
 pub struct EmbeddedRedis {
     engine: Arc<Mutex<Engine>>,
+    client_ids: ClientIds,
     clock: SharedClock,
     session: Session,
     fault: Option<FaultHook>,
@@ -71,9 +72,12 @@ impl std::fmt::Debug for EmbeddedRedis {
 
 impl Clone for EmbeddedRedis {
     fn clone(&self) -> Self {
-        let session = self.engine.lock().new_session();
+        // Not through the engine: clones are made per request in the hot
+        // path, and the engine's lock may be held by a running script.
+        let session = self.client_ids.new_session();
         EmbeddedRedis {
             engine: Arc::clone(&self.engine),
+            client_ids: self.client_ids.clone(),
             clock: Arc::clone(&self.clock),
             session,
             fault: self.fault.clone(),
@@ -148,9 +152,11 @@ fn with_args<R>(cmd: &Cmd, f: impl FnOnce(&[&[u8]]) -> R) -> R {
 impl EmbeddedRedis {
     /// A new connection to `engine`, reading time from `clock`.
     pub fn new(engine: Arc<Mutex<Engine>>, clock: SharedClock) -> Self {
-        let session = engine.lock().new_session();
+        let client_ids = engine.lock().client_ids();
+        let session = client_ids.new_session();
         EmbeddedRedis {
             engine,
+            client_ids,
             clock,
             session,
             fault: None,

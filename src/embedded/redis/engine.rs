@@ -1237,7 +1237,20 @@ impl Session {
 pub struct Engine {
     db: Db,
     scripting: Scripting,
-    next_client_id: u64,
+    client_ids: ClientIds,
+}
+
+/// Hands out client ids (what `CLIENT ID` reports). Shared by the engine and
+/// every connection to it, so opening a connection never waits for the
+/// engine's lock while another connection runs a script.
+#[derive(Clone, Debug)]
+pub struct ClientIds(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ClientIds {
+    /// A session with the next client id.
+    pub fn new_session(&self) -> Session {
+        Session::new(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -1256,15 +1269,19 @@ impl Engine {
         Engine {
             db: Db::new(seed),
             scripting: Scripting::new(),
-            next_client_id: 1,
+            client_ids: ClientIds(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1))),
         }
     }
 
     /// A new connection's state with a fresh client id.
-    pub fn new_session(&mut self) -> Session {
-        let id = self.next_client_id;
-        self.next_client_id += 1;
-        Session::new(id)
+    pub fn new_session(&self) -> Session {
+        self.client_ids.new_session()
+    }
+
+    /// The engine's client id counter, for opening sessions without the
+    /// engine at hand.
+    pub fn client_ids(&self) -> ClientIds {
+        self.client_ids.clone()
     }
 
     /// Caps the number of Lua VM instructions one script may execute before
@@ -1665,7 +1682,7 @@ pub(crate) mod tests {
     }
 
     fn setup() -> (Engine, Session) {
-        let mut e = Engine::new(7);
+        let e = Engine::new(7);
         let s = e.new_session();
         (e, s)
     }

@@ -1766,7 +1766,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (Engine, Session) {
-        let mut e = Engine::new(1);
+        let e = Engine::new(1);
         let s = e.new_session();
         (e, s)
     }

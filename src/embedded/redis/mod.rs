@@ -23,5 +23,7 @@ mod lua;
 pub mod resp;
 
 pub use conn::{EmbeddedRedis, FaultHook, FaultKind, shared_engine};
-pub use engine::{Engine, Entry, HashFields, Keyspace, Reply, Session, Value, glob_match};
+pub use engine::{
+    ClientIds, Engine, Entry, HashFields, Keyspace, Reply, Session, Value, glob_match,
+};
 pub use resp::{RespError, encode_command, encode_reply, parse_command};
