@@ -2,11 +2,14 @@
 //!
 //! Each comes from the environment (`REDIS_URL`, `KAFKA_BROKERS`,
 //! `MONGODB_URI`, as `ci/backends.sh env` prints them). When one is missing
-//! the test fails and says how to start the backends: an integration test
-//! that cannot reach its backend must never pass silently.
+//! and a Docker engine answers, a container serves it instead
+//! ([`containers`]). When neither, the test fails and says how to start the
+//! backends: an integration test that cannot reach its backend must never
+//! pass silently.
 
 #![allow(dead_code)]
 
+pub mod containers;
 pub mod daemon;
 pub mod servers;
 
@@ -18,7 +21,12 @@ const HOW: &str = "start the local backends with `ci/backends.sh up` and then \
 fn endpoint(var: &str) -> String {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => v,
-        _ => panic!("{var} is not set: this suite needs a real backend; {HOW}"),
+        _ => containers::endpoint(var).unwrap_or_else(|why| {
+            panic!(
+                "{var} is not set and no container could serve it ({why}): this suite \
+                 needs a real backend; {HOW}, or make a Docker engine reachable"
+            )
+        }),
     }
 }
 
