@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
+use crate::backends::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings, KafkaTlsFiles};
 use crate::backends::mongo::MongoStore;
 use crate::backends::redis::{ClusterConn, RedisConn, SentinelConn};
 use crate::config::{self, Config, RedisMode};
@@ -157,15 +157,29 @@ pub fn load_config(dir: &Path, index: usize) -> anyhow::Result<Config> {
     config::load(dir, index, &env).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }
 
-/// The Kafka client settings `cfg` describes; refuses what this build cannot do (TLS).
+/// The Kafka client settings `cfg` describes. TLS files named in
+/// `kafka.yml` must be readable now: a missing one is refused at start-up
+/// with its field named, not found later by a client that keeps retrying.
 pub fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
     let k = &cfg.kafka;
-    if k.tls.enabled {
-        anyhow::bail!(
-            "kafka.yml: tls.enableTLS: TLS to Kafka is not supported by this build yet; \
-             use a plaintext or SASL/PLAIN listener"
-        );
-    }
+    let tls = if k.tls.enabled {
+        let readable = |field: &str, path: &Option<String>| -> anyhow::Result<Option<String>> {
+            if let Some(p) = path {
+                std::fs::File::open(p)
+                    .map_err(|e| anyhow::anyhow!("kafka.yml: tls.{field}: cannot read {p}: {e}"))?;
+            }
+            Ok(path.clone())
+        };
+        Some(KafkaTlsFiles {
+            ca: readable("caCrt", &k.tls.ca_crt)?,
+            cert: readable("clientCrt", &k.tls.client_crt)?,
+            key: readable("clientKey", &k.tls.client_key)?,
+            key_password: k.tls.client_key_pwd.clone(),
+            insecure_skip_verify: k.tls.insecure_skip_verify,
+        })
+    } else {
+        None
+    };
     let (username, password) = match k.sasl_plain() {
         Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
         None => (None, None),
@@ -177,6 +191,7 @@ pub fn kafka_settings(cfg: &Config) -> anyhow::Result<KafkaSettings> {
         compression: k.compression.as_str().to_string(),
         max_message_bytes: cfg.tuning.producer_max_record_bytes,
         session_timeout: cfg.tuning.session_timeout,
+        tls,
         ..KafkaSettings::default()
     })
 }

@@ -864,3 +864,51 @@ fn bad_environment_variables_are_refused() {
         "(from IMENV_OPENIM_MSGTRANSFER_PROMETHEUS_PORTS)",
     );
 }
+
+#[test]
+fn kafka_tls_files_become_client_settings_and_unreadable_ones_are_refused() {
+    use msgtransfer::backends::kafka::KafkaTlsFiles;
+    use msgtransfer::daemon::kafka_settings;
+
+    // Off: plaintext settings, whatever the other fields say.
+    let f = Folder::new();
+    let off = kafka_settings(&f.load().unwrap()).unwrap();
+    assert_eq!(off.tls, None);
+
+    // On, with files that exist: passed through as written.
+    let f = Folder::new();
+    let ca = f.0.join("ca.pem");
+    let crt = f.0.join("client.pem");
+    let key = f.0.join("client.key");
+    for p in [&ca, &crt, &key] {
+        std::fs::write(p, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    }
+    let line = |k: &str, p: &std::path::Path| format!("{k}: {}", p.display());
+    f.set("kafka.yml", "enableTLS", "enableTLS: true")
+        .set("kafka.yml", "caCrt", &line("caCrt", &ca))
+        .set("kafka.yml", "clientCrt", &line("clientCrt", &crt))
+        .set("kafka.yml", "clientKey", &line("clientKey", &key))
+        .set("kafka.yml", "clientKeyPwd", "clientKeyPwd: secret")
+        .set(
+            "kafka.yml",
+            "insecureSkipVerify",
+            "insecureSkipVerify: true",
+        );
+    let on = kafka_settings(&f.load().unwrap()).unwrap();
+    let path = |p: &std::path::Path| Some(p.display().to_string());
+    assert_eq!(
+        on.tls,
+        Some(KafkaTlsFiles {
+            ca: path(&ca),
+            cert: path(&crt),
+            key: path(&key),
+            key_password: Some("secret".into()),
+            insecure_skip_verify: true,
+        })
+    );
+
+    // A CA file that is not there: refused at start-up, field named.
+    std::fs::remove_file(&ca).unwrap();
+    let e = kafka_settings(&f.load().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("kafka.yml: tls.caCrt: cannot read"), "{e}");
+}

@@ -222,3 +222,42 @@ async fn a_second_member_takes_partitions_once_the_first_releases_them() {
     assert_eq!(a_now.len(), 2);
     assert!(a_now.iter().all(|p| !b_parts.contains(p)));
 }
+
+/// kafka.yml's `tls` section on a real TLS listener that requires a client
+/// certificate: records go out and come back over TLS, with the CA, the
+/// client certificate and the password-protected client key as configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_client_certificate_carries_records() {
+    let topic = support::unique("tls");
+    support::kafka_topic(&topic, 2).await;
+    let (brokers, files) = support::kafka_tls();
+    let tls = KafkaSettings {
+        brokers: vec![brokers],
+        session_timeout: Duration::from_secs(6),
+        tls: Some(files),
+        ..KafkaSettings::default()
+    };
+    let producer = KafkaProducer::new(&tls).unwrap();
+    let t: Arc<str> = topic.as_str().into();
+    for i in 0..20 {
+        producer
+            .send(OutRecord {
+                topic: t.clone(),
+                key: Bytes::from(format!("k{i}")),
+                value: Bytes::from(format!("over tls {i}")),
+                headers: Vec::new().into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("produce over TLS: {e}"));
+    }
+    let mut c = KafkaConsumer::new(&tls, &support::unique("g"), &topic).unwrap();
+    let (records, _) = consume(&mut c, 20).await;
+    let mut values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
+    values.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("over tls {i}")).collect();
+    want.sort();
+    assert_eq!(values, want);
+}

@@ -58,6 +58,23 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
+    /// TLS to the brokers, if on.
+    pub tls: Option<KafkaTlsFiles>,
+}
+
+/// TLS to the brokers (`kafka.yml` `tls`), as files librdkafka reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaTlsFiles {
+    /// CA certificate(s), PEM; none: the system's trust store.
+    pub ca: Option<String>,
+    /// Client certificate, PEM (mutual TLS), with `key`.
+    pub cert: Option<String>,
+    /// Client private key, PEM.
+    pub key: Option<String>,
+    /// Password of an encrypted `key`.
+    pub key_password: Option<String>,
+    /// Accept any broker certificate and host name.
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for KafkaSettings {
@@ -70,6 +87,7 @@ impl Default for KafkaSettings {
             max_message_bytes: 1_000_000,
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -78,11 +96,35 @@ impl KafkaSettings {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.brokers.join(","));
-        if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            c.set("security.protocol", "SASL_PLAINTEXT")
-                .set("sasl.mechanisms", "PLAIN")
+        let sasl = self.username.as_ref().zip(self.password.as_ref());
+        let protocol = match (sasl.is_some(), self.tls.is_some()) {
+            (false, false) => "PLAINTEXT",
+            (true, false) => "SASL_PLAINTEXT",
+            (false, true) => "SSL",
+            (true, true) => "SASL_SSL",
+        };
+        c.set("security.protocol", protocol);
+        if let Some((u, p)) = sasl {
+            c.set("sasl.mechanisms", "PLAIN")
                 .set("sasl.username", u)
                 .set("sasl.password", p);
+        }
+        if let Some(t) = &self.tls {
+            let files = [
+                ("ssl.ca.location", &t.ca),
+                ("ssl.certificate.location", &t.cert),
+                ("ssl.key.location", &t.key),
+                ("ssl.key.password", &t.key_password),
+            ];
+            for (name, value) in files {
+                if let Some(v) = value {
+                    c.set(name, v);
+                }
+            }
+            if t.insecure_skip_verify {
+                c.set("enable.ssl.certificate.verification", "false")
+                    .set("ssl.endpoint.identification.algorithm", "none");
+            }
         }
         c
     }

@@ -118,6 +118,29 @@ pub fn kafka_brokers() -> String {
     endpoint("KAFKA_BROKERS")
 }
 
+/// The real Kafka's TLS listener (mutual TLS) and the client's files, from
+/// `KAFKA_TLS_BROKERS`, `KAFKA_TLS_DIR` (`ca.pem`, `client.pem`, and
+/// `client.key` encrypted with `KAFKA_TLS_KEY_PASSWORD`), as
+/// `ci/backends.sh env` prints them. No container serves this one.
+pub fn kafka_tls() -> (String, msgtransfer::backends::kafka::KafkaTlsFiles) {
+    let var = |name: &str| match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "{name} is not set: the TLS test needs the TLS listener of ci/backends.sh; {HOW}"
+        ),
+    };
+    let dir = std::path::PathBuf::from(var("KAFKA_TLS_DIR"));
+    let file = |name: &str| Some(dir.join(name).display().to_string());
+    let files = msgtransfer::backends::kafka::KafkaTlsFiles {
+        ca: file("ca.pem"),
+        cert: file("client.pem"),
+        key: file("client.key"),
+        key_password: Some(var("KAFKA_TLS_KEY_PASSWORD")),
+        insecure_skip_verify: false,
+    };
+    (var("KAFKA_TLS_BROKERS"), files)
+}
+
 /// Creates `topic` with `partitions` partitions on the real Kafka.
 pub async fn kafka_topic(topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
