@@ -192,7 +192,8 @@ async fn two_daemons_rebalance_around_one_killed_and_restarted() {
 /// duplicates are off, so nothing is redelivered; with two loops the second
 /// one's join 3 s after start-up redelivers and the audit finds duplicates
 /// (seen once in about five runs). Making dedup survive a Redis loss is
-/// open on issue 3.
+/// carried to issue 4, whose simulation injects Redis data loss with
+/// redeliveries; the README states the limit for operators.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_data_loss_mid_stream_loses_and_duplicates_nothing() {
     let _turn = TURN.lock().await;
