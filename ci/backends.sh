@@ -391,10 +391,14 @@ ferretdb_install() {
   mkdir -p "$CACHE/bin"
   # go.sum is checked in: -mod=readonly fails loudly instead of editing it.
   # Pure-Go SQLite (modernc), so no cgo is needed.
+  # The binary is cached (with a stamp) and built once, so Go's build cache
+  # (most of a gigabyte) is a throwaway folder, removed afterwards.
+  local gocache="$CACHE/go-build-cache"
   (cd "$src" &&
-    GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
+    GOCACHE="$gocache" GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
       go build -trimpath -ldflags="-s -w" -o "$FERRET_BIN.tmp" .) >"$LOGS/go-build.log" 2>&1 \
     || { show_log_tail go-build; die "building ferretdb-embedded failed"; }
+  rm -rf "$gocache"
   mv "$FERRET_BIN.tmp" "$FERRET_BIN"
   echo "$want" >"$FERRET_BIN.stamp"
 }

@@ -13,6 +13,13 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
 
+# Disk is the scarce resource on CI machines (a run once died of a full disk
+# while linking): no incremental cache, and the free space is printed at each
+# step so a shortage shows where it happened.
+export CARGO_INCREMENTAL=0
+free_gib() { df -Pk . | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+disk() { echo "disk: $(free_gib) GiB free; target/ $(du -sh target 2>/dev/null | cut -f1 || echo 0)"; }
+
 step "toolchain"
 cargo --version
 rustc --version
@@ -20,6 +27,8 @@ rustc --version
 step "real backends (Redis, Kafka, PostgreSQL, FerretDB)"
 ci/backends.sh up
 eval "$(ci/backends.sh env)"
+
+disk
 
 step "format"
 cargo fmt --all -- --check
@@ -29,10 +38,18 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "tests (unit, vectors, properties, pipeline, real Redis and MongoDB)"
 cargo test --locked --all-targets
+disk
 
 
 step "demo smoke run (release build, embedded backends, with duplicates and crashes)"
+# With less than 12 GiB left, the test build (not needed any more) makes
+# room for the release build.
+if [ "$(free_gib)" -lt 12 ]; then
+  echo "low on disk: removing target/debug before the release build"
+  rm -rf target/debug
+fi
 cargo build --release --locked
+disk
 ./target/release/msgtransfer demo --messages 60000 --conversations 600 \
   --duplicate-rate 0.05 --crash-every 7000 --seed 11 --json --no-progress
 
