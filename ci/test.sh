@@ -34,10 +34,10 @@ step "format"
 cargo fmt --all -- --check
 
 step "lint (clippy, warnings are errors)"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (unit, vectors, properties, pipeline, real Redis and MongoDB)"
-cargo test --locked --all-targets
+step "tests (unit, vectors, properties, pipeline, real backends, simulation)"
+cargo test --workspace --locked --all-targets
 disk
 
 
@@ -52,6 +52,10 @@ cargo build --release --locked
 disk
 ./target/release/msgtransfer demo --messages 60000 --conversations 600 \
   --duplicate-rate 0.05 --crash-every 7000 --seed 11 --json --no-progress
+
+step "simulation (seed sweep, determinism meta-test, mutants)"
+ci/sim.sh
+disk
 
 echo
 echo "ci/test.sh: all suites passed in $(( $(date +%s) - start ))s"

@@ -103,6 +103,23 @@ impl Default for Topics {
     }
 }
 
+/// OpenIM's known weaknesses, each of which can be put back for the
+/// simulator's mutants: a simulation that does not catch one of them is not
+/// looking hard enough. All off by default, and no configuration file can
+/// turn them on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Weaknesses {
+    /// A failed step is not retried: the batch is given up and counts as
+    /// done, so its offsets get committed (OpenIM commits the last record of
+    /// a batch whatever happened to the others).
+    pub give_up_on_failure: bool,
+    /// No dedup: a redelivered message gets a new seq.
+    pub no_dedup: bool,
+    /// A conversation batch with more than 100 stored messages is dropped
+    /// whole.
+    pub drop_over_100: bool,
+}
+
 /// Tunables of the transfer stage.
 #[derive(Clone, Debug)]
 pub struct TransferConfig {
@@ -117,6 +134,8 @@ pub struct TransferConfig {
     /// Room kept below the producer's record limit for the envelope around
     /// a message (conversation ID, seqs, headers).
     pub envelope_margin_bytes: usize,
+    /// Weaknesses put back on purpose (simulator mutants only).
+    pub weaknesses: Weaknesses,
 }
 
 impl Default for TransferConfig {
@@ -127,6 +146,7 @@ impl Default for TransferConfig {
             cache: CacheConfig::default(),
             backoff: Backoff::default(),
             envelope_margin_bytes: 4096,
+            weaknesses: Weaknesses::default(),
         }
     }
 }
@@ -214,14 +234,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
     }
 
     /// Runs `op` until it succeeds, backing off between failures, counting
-    /// each failure in `failed` (if given) and in `retries`.
+    /// each failure in `failed` (if given) and in `retries`. `None` only
+    /// under [`Weaknesses::give_up_on_failure`].
     async fn until_ok<T, E, F, Fut>(
         &self,
         what: &str,
         conv: &str,
         failed: Option<&AtomicU64>,
         mut op: F,
-    ) -> T
+    ) -> Option<T>
     where
         E: std::fmt::Display,
         F: FnMut() -> Fut,
@@ -230,10 +251,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let mut retry = Retrier::new(&self.cfg.backoff);
         loop {
             match op().await {
-                Ok(v) => return v,
+                Ok(v) => return Some(v),
                 Err(e) => {
                     if let Some(c) = failed {
                         Metrics::add(c, 1);
+                    }
+                    if self.cfg.weaknesses.give_up_on_failure {
+                        return None;
                     }
                     Metrics::add(&self.deps.metrics.retries, 1);
                     tracing::warn!(
@@ -248,12 +272,21 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
     }
 
-    async fn process_batch(self: Arc<Self>, conv: ConvKey, mut items: Vec<TransferItem>) {
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<TransferItem>) {
+        // `None`: given up (only under a weakness); the batch counts as done.
+        let _ = self.run_batch(conv, items).await;
+    }
+
+    async fn run_batch(&self, conv: ConvKey, mut items: Vec<TransferItem>) -> Option<()> {
         let prep = Self::prepare(&items);
         let d = &self.deps;
         let m = &d.metrics;
         let cache_cfg = &self.cfg.cache;
         let tokens = &self.tokens;
+        let weak = self.cfg.weaknesses;
+        if weak.drop_over_100 && prep.stored.len() > 100 {
+            return None;
+        }
 
         for ((user, rconv), seq) in &prep.receipts {
             self.until_ok(
@@ -262,7 +295,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 Some(&m.seq_set_failed_total),
                 || d.store.raise_read_seq(user, rconv, *seq),
             )
-            .await;
+            .await?;
         }
 
         // Seqs, cache and Redis read seqs, one script call per chunk. A
@@ -276,7 +309,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 .map(|(i, (pre, suf))| {
                     let msg = &items[*i].unit.msg;
                     AssignItem {
-                        client_msg_id: &msg.client_msg_id,
+                        // An empty ID is never looked up or recorded.
+                        client_msg_id: if weak.no_dedup {
+                            ""
+                        } else {
+                            &msg.client_msg_id
+                        },
                         sender: chat.then_some(msg.send_id.as_str()),
                         json_prefix: pre,
                         json_suffix: suf,
@@ -306,7 +344,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                         }
                     },
                 )
-                .await;
+                .await?;
             drop(assign_items);
             for (i, seq) in chunk_idx.iter().zip(&assigned.seqs) {
                 items[*i].unit.msg.seq = *seq;
@@ -334,7 +372,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 self.until_ok("new conversation", &conv, None, || {
                     d.hook.created(announce.clone())
                 })
-                .await;
+                .await?;
                 Metrics::add(&m.conversations_created, 1);
             }
             let mut top: BTreeMap<&str, i64> = BTreeMap::new();
@@ -349,7 +387,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                     Some(&m.seq_set_failed_total),
                     || d.store.raise_read_seq(user, &conv, seq),
                 )
-                .await;
+                .await?;
             }
         }
 
@@ -372,13 +410,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 });
             }
         }
-        self.produce_all(&conv, records).await;
+        self.produce_all(&conv, records).await?;
         Metrics::add(&m.mongo_records_produced, mongo_records as u64);
         Metrics::add(
             &m.push_produced,
             (forward.iter().filter(|f| **f).count()) as u64,
         );
         Metrics::add(&m.transfer_batches, 1);
+        Some(())
     }
 
     /// Produces `records` in order and waits until every one is
@@ -386,7 +425,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
     /// failed. Under the log's no-gap rule a failed record either is in the
     /// log or nothing after it is, so re-sending keeps first occurrences in
     /// order; re-sending only failures makes large batches converge.
-    async fn produce_all(&self, conv: &str, records: Vec<OutRecord>) {
+    async fn produce_all(&self, conv: &str, records: Vec<OutRecord>) -> Option<()> {
         let d = &self.deps;
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut retry = Retrier::new(&self.cfg.backoff);
@@ -405,8 +444,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 }
             }
             let Some(e) = first_error else {
-                return;
+                return Some(());
             };
+            if self.cfg.weaknesses.give_up_on_failure {
+                return None;
+            }
             Metrics::add(&d.metrics.retries, 1);
             tracing::warn!(
                 conversation = %conv, failed = failed.len(), error = %e,

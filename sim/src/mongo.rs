@@ -1,0 +1,204 @@
+//! The simulated MongoDB: a host serving the embedded document store over
+//! turmoil TCP, and the service-side [`DocStore`] that talks to it.
+//!
+//! The documents live in an [`EmbeddedStore`] that outlives the host's
+//! software. An answer can be lost after the operation was carried out (the
+//! `mongo_lost_reply` dial); the client then reports the outcome as unknown,
+//! which the service must survive by retrying idempotent operations.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msgtransfer::domain::model::MsgDataModel;
+use msgtransfer::embedded::store::EmbeddedStore;
+use msgtransfer::ports::store::SlotWrite;
+use msgtransfer::ports::{BoxFuture, DocStore, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::common::Faults;
+use crate::rpc::{self, Client, Served, Session};
+
+/// The store's port.
+pub const PORT: u16 = 27017;
+
+/// Requests: one per [`DocStore`] method.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MongoReq {
+    /// `ensure_indexes`.
+    EnsureIndexes,
+    /// `reserve_seqs`.
+    ReserveSeqs(String, i64),
+    /// `write_bucket`.
+    WriteBucket(String, Vec<(usize, MsgDataModel)>),
+    /// `raise_read_seq`.
+    RaiseReadSeq(String, String, i64),
+}
+
+/// Answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MongoResp {
+    /// Done.
+    Ok,
+    /// `reserve_seqs`'s previous `max_seq`.
+    Seq(i64),
+    /// Refused.
+    Refused(String),
+}
+
+/// Store state shared by all connections (and kept across restarts).
+pub struct MongoHost {
+    /// The documents.
+    pub store: EmbeddedStore,
+    faults: Arc<Faults>,
+}
+
+impl MongoHost {
+    /// A host over `store`.
+    pub fn new(store: EmbeddedStore, faults: Arc<Faults>) -> Arc<Self> {
+        Arc::new(Self { store, faults })
+    }
+
+    /// Serves the store on [`PORT`] until the host is crashed.
+    pub async fn serve(self: Arc<Self>, idle_timeout: Duration) -> std::io::Result<()> {
+        rpc::serve(PORT, idle_timeout, move || MongoSession {
+            host: self.clone(),
+        })
+        .await
+    }
+}
+
+struct MongoSession {
+    host: Arc<MongoHost>,
+}
+
+fn refused(e: StoreError) -> MongoResp {
+    MongoResp::Refused(e.to_string())
+}
+
+impl Session for MongoSession {
+    type Q = MongoReq;
+    type A = MongoResp;
+
+    fn handle(&mut self, req: MongoReq) -> Pin<Box<dyn Future<Output = Served<MongoResp>> + '_>> {
+        Box::pin(async move {
+            let store = &self.host.store;
+            let answer = match req {
+                MongoReq::EnsureIndexes => store
+                    .ensure_indexes()
+                    .await
+                    .map_or_else(refused, |_| MongoResp::Ok),
+                MongoReq::ReserveSeqs(conv, block) => store
+                    .reserve_seqs(&conv, block)
+                    .await
+                    .map_or_else(refused, MongoResp::Seq),
+                MongoReq::WriteBucket(doc, slots) => store
+                    .write_bucket(doc, slots)
+                    .await
+                    .map_or_else(refused, |_| MongoResp::Ok),
+                MongoReq::RaiseReadSeq(user, conv, seq) => store
+                    .raise_read_seq(&user, &conv, seq)
+                    .await
+                    .map_or_else(refused, |_| MongoResp::Ok),
+            };
+            if self
+                .host
+                .faults
+                .roll("mongo_lost_reply", |r| r.mongo_lost_reply)
+            {
+                Served::Drop
+            } else {
+                Served::Answer(answer)
+            }
+        })
+    }
+}
+
+/// The service's [`DocStore`] over one connection to the store host.
+pub struct RemoteStore {
+    client: Client<MongoReq, MongoResp>,
+    timeout: Duration,
+}
+
+impl RemoteStore {
+    /// Connects (lazily) to `addr`.
+    pub fn spawn(addr: String, connect_timeout: Duration, timeout: Duration) -> Self {
+        Self {
+            client: Client::spawn(addr, None, connect_timeout),
+            timeout,
+        }
+    }
+
+    async fn call(&self, req: MongoReq) -> Result<MongoResp, StoreError> {
+        match rpc::answer(self.client.call(req, self.timeout)).await {
+            Ok(MongoResp::Refused(m)) => Err(StoreError::Refused(m)),
+            Ok(a) => Ok(a),
+            Err(e) => Err(StoreError::Unavailable(e.0)),
+        }
+    }
+}
+
+fn unexpected(a: MongoResp) -> StoreError {
+    StoreError::Refused(format!("unexpected answer {a:?}"))
+}
+
+impl DocStore for RemoteStore {
+    fn ensure_indexes(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.call(MongoReq::EnsureIndexes).await? {
+                MongoResp::Ok => Ok(()),
+                a => Err(unexpected(a)),
+            }
+        })
+    }
+
+    fn reserve_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        block: i64,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            match self
+                .call(MongoReq::ReserveSeqs(conversation_id.into(), block))
+                .await?
+            {
+                MongoResp::Seq(s) => Ok(s),
+                a => Err(unexpected(a)),
+            }
+        })
+    }
+
+    fn write_bucket(
+        &self,
+        doc_id: String,
+        slots: Vec<SlotWrite>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.call(MongoReq::WriteBucket(doc_id, slots)).await? {
+                MongoResp::Ok => Ok(()),
+                a => Err(unexpected(a)),
+            }
+        })
+    }
+
+    fn raise_read_seq<'a>(
+        &'a self,
+        user_id: &'a str,
+        conversation_id: &'a str,
+        seq: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self
+                .call(MongoReq::RaiseReadSeq(
+                    user_id.into(),
+                    conversation_id.into(),
+                    seq,
+                ))
+                .await?
+            {
+                MongoResp::Ok => Ok(()),
+                a => Err(unexpected(a)),
+            }
+        })
+    }
+}

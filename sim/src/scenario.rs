@@ -1,0 +1,625 @@
+//! One simulation run: the hosts, a swarm-style fault schedule drawn from
+//! the seed, a safety phase with faults, a liveness phase without, and the
+//! check of the recorded history.
+//!
+//! Hosts on turmoil's network: `kafka`, `redis`, `mongo` (state kept across
+//! their restarts, like disks), two service instances `svc1` and `svc2`
+//! (the very library `main` runs, wired to turmoil sockets; one consumer
+//! group, so crashes and restarts rebalance partitions between them), and
+//! the `producer` client sending OpenIM traffic with retries that duplicate
+//! records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use msgtransfer::check::{self, History, Report};
+use msgtransfer::demo::workload::{WorkloadSpec, generate};
+use msgtransfer::embedded::history;
+use msgtransfer::embedded::hook::EmbeddedHook;
+use msgtransfer::embedded::log::EmbeddedLog;
+use msgtransfer::embedded::store::EmbeddedStore;
+use msgtransfer::metrics::Metrics;
+use msgtransfer::pipeline::retry::Backoff;
+use msgtransfer::pipeline::transfer::Topics;
+use msgtransfer::ports::{LogConsumer, LogProducer, OutRecord, SeededRng};
+use msgtransfer::service::{self, ServiceConfig, Wiring};
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::common::{EPOCH_MS, Faults, Rates, SimClock, sleep};
+use crate::kafka::{self, Broker, ClientConfig, RemoteConsumer, RemoteProducer};
+use crate::mongo::{self, MongoHost, RemoteStore};
+use crate::redis::{self, RedisHost, SimRedis};
+
+/// The service instances.
+const SERVICES: [&str; 2] = ["svc1", "svc2"];
+/// The backends a service talks to.
+const BACKENDS: [&str; 3] = ["kafka", "redis", "mongo"];
+
+/// What to simulate, apart from the seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Distinct messages the producer sends.
+    pub messages: u64,
+    /// Most conversations they are spread over (each seed draws how many,
+    /// from 1: few conversations make hot ones).
+    pub conversations: u64,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Length of the safety phase (faults on), simulated.
+    pub safety: Duration,
+    /// How long the liveness phase may take to drain, simulated.
+    pub liveness: Duration,
+    /// Print every fault as it is injected.
+    pub trace: bool,
+    /// A known weakness put back on purpose (the simulation must catch it).
+    pub mutant: Option<Mutant>,
+}
+
+/// Known weaknesses of OpenIM's MsgTransfer, one switch each. A sweep with a
+/// mutant on must find anomalies; otherwise the simulation is not looking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mutant {
+    /// The allocator hands out seqs without waiting for the replica (no
+    /// failover fence), as OpenIM does.
+    NoFence,
+    /// A failed step is not retried and the batch's offsets are committed
+    /// anyway, as OpenIM commits the last record of a batch regardless.
+    CommitRegardless,
+    /// No dedup: a redelivered message gets a new seq.
+    NoDedup,
+    /// A conversation batch with more than 100 stored messages is dropped.
+    #[value(name = "drop-over-100")]
+    DropOver100,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            messages: 300,
+            conversations: 12,
+            partitions: 4,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(120),
+            trace: false,
+            mutant: None,
+        }
+    }
+}
+
+/// A fault kind the schedule can draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// A service cut off from one backend for a while.
+    Partition,
+    /// A service's messages to one backend held back, then released (a
+    /// latency spike).
+    Hold,
+    /// A service crashed (in-flight work lost), restarted later.
+    Crash,
+    /// A service restarted at once.
+    Bounce,
+    /// Redis replica promoted, unreplicated writes lost.
+    Failover,
+    /// Redis replication link cut for a while.
+    ReplicationCut,
+    /// Kafka acknowledgements lost after the append.
+    KafkaLostAcks,
+    /// Mongo answers lost after the write.
+    MongoLostReplies,
+    /// Redis replies lost after the command ran.
+    RedisLostReplies,
+}
+
+const KINDS: [Kind; 9] = [
+    Kind::Partition,
+    Kind::Hold,
+    Kind::Crash,
+    Kind::Bounce,
+    Kind::Failover,
+    Kind::ReplicationCut,
+    Kind::KafkaLostAcks,
+    Kind::MongoLostReplies,
+    Kind::RedisLostReplies,
+];
+
+/// One step of the schedule.
+#[derive(Clone, Debug)]
+enum Event {
+    Partition(&'static str, &'static str),
+    Repair(&'static str, &'static str),
+    Hold(&'static str, &'static str),
+    Release(&'static str, &'static str),
+    Crash(&'static str),
+    Restart(&'static str),
+    Bounce(&'static str),
+    Failover,
+    CutReplication,
+    RestoreReplication,
+}
+
+impl Event {
+    fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Event::Partition(..) => "partition",
+            Event::Hold(..) => "hold",
+            Event::Crash(_) => "crash",
+            Event::Bounce(_) => "bounce",
+            Event::Failover => "redis_failover",
+            Event::CutReplication => "replication_cut",
+            _ => return None,
+        })
+    }
+}
+
+/// The seed's fault plan: timed events, and lost-answer rates for the
+/// safety phase.
+struct Schedule {
+    events: Vec<(Duration, Event)>,
+    rates: Rates,
+}
+
+fn at(rng: &mut ChaCha8Rng, safety: Duration) -> Duration {
+    let ms = safety.as_millis() as u64;
+    Duration::from_millis(rng.random_range(ms / 20..ms))
+}
+
+fn span(rng: &mut ChaCha8Rng, lo_ms: u64, hi_ms: u64) -> Duration {
+    Duration::from_millis(rng.random_range(lo_ms..hi_ms))
+}
+
+/// Draws the seed's schedule, swarm style: each fault kind is switched on
+/// or off for the whole seed, and the ones on get their own counts, times
+/// and rates — so some seeds hammer one weakness and others mix many.
+fn schedule(rng: &mut ChaCha8Rng, safety: Duration) -> Schedule {
+    let mut on: Vec<Kind> = KINDS
+        .iter()
+        .copied()
+        .filter(|_| rng.random_bool(0.5))
+        .collect();
+    if on.is_empty() {
+        on.push(KINDS[rng.random_range(0..KINDS.len())]);
+    }
+    let mut events = Vec::new();
+    let mut rates = Rates::default();
+    let svc = |rng: &mut ChaCha8Rng| SERVICES[rng.random_range(0..SERVICES.len())];
+    let backend = |rng: &mut ChaCha8Rng| BACKENDS[rng.random_range(0..BACKENDS.len())];
+    for kind in on {
+        let times = rng.random_range(1..=4);
+        for _ in 0..times {
+            let t = at(rng, safety);
+            match kind {
+                Kind::Partition => {
+                    let (s, b) = (svc(rng), backend(rng));
+                    events.push((t, Event::Partition(s, b)));
+                    events.push((t + span(rng, 200, 6000), Event::Repair(s, b)));
+                }
+                Kind::Hold => {
+                    let (s, b) = (svc(rng), backend(rng));
+                    events.push((t, Event::Hold(s, b)));
+                    events.push((t + span(rng, 50, 3000), Event::Release(s, b)));
+                }
+                Kind::Crash => {
+                    let s = svc(rng);
+                    events.push((t, Event::Crash(s)));
+                    events.push((t + span(rng, 100, 5000), Event::Restart(s)));
+                }
+                Kind::Bounce => events.push((t, Event::Bounce(svc(rng)))),
+                Kind::Failover => events.push((t, Event::Failover)),
+                Kind::ReplicationCut => {
+                    events.push((t, Event::CutReplication));
+                    events.push((t + span(rng, 100, 4000), Event::RestoreReplication));
+                }
+                Kind::KafkaLostAcks => rates.kafka_lost_ack = rng.random_range(0.01..0.15),
+                Kind::MongoLostReplies => rates.mongo_lost_reply = rng.random_range(0.01..0.15),
+                Kind::RedisLostReplies => rates.redis_lost_reply = rng.random_range(0.005..0.05),
+            }
+        }
+    }
+    // Stable order: by time, then by the order drawn.
+    events.sort_by_key(|(t, _)| *t);
+    Schedule { events, rates }
+}
+
+/// What one seed did and found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated time, ms.
+    pub sim_ms: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    /// The checker's report.
+    pub report: Report,
+    /// Slots and cache keys whose place disagrees with their seq.
+    pub misplaced: u64,
+    /// Whether every input was consumed, pushed and persisted after the
+    /// faults stopped.
+    pub drained: bool,
+    /// Digest of the recorded history and fault trace: equal for equal runs.
+    pub digest: u64,
+}
+
+impl Outcome {
+    /// Anomalies of every kind, a missed drain included.
+    pub fn anomalies(&self) -> u64 {
+        self.report.anomalies() + self.misplaced + u64::from(!self.drained)
+    }
+
+    /// Anomalies by kind (only the non-zero ones).
+    pub fn anomalies_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        let r = &self.report;
+        [
+            ("seq_conflicts", r.seq_conflicts),
+            ("duplicates", r.duplicates),
+            ("order_violations", r.order_violations),
+            ("lost", r.lost),
+            ("phantoms", r.phantoms),
+            ("read_seq_above_max", r.read_seq_above_max),
+            ("misplaced", self.misplaced),
+            ("not_drained", u64::from(!self.drained)),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// Everything the hosts share (kept outside their software, so it survives
+/// crashes like a disk would).
+struct World {
+    seed: u64,
+    broker: Arc<Broker>,
+    mongo: Arc<MongoHost>,
+    redis: Arc<RedisHost>,
+    hook: EmbeddedHook,
+    cfg: ServiceConfig,
+    /// Producer ids handed out (one per process incarnation).
+    next_producer: AtomicU64,
+    producer_done: AtomicBool,
+}
+
+fn kafka_client() -> ClientConfig {
+    ClientConfig {
+        addr: format!("kafka:{}", kafka::PORT),
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(1000),
+        delivery_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The service as the simulation runs it: OpenIM's defaults, with the
+/// allocator fenced by one replica (`WAIT 1`) and shorter waits so a run
+/// covers more events per simulated second.
+fn service_config(mutant: Option<Mutant>) -> ServiceConfig {
+    let mut cfg = ServiceConfig::default();
+    cfg.transfer.cache.wait_replicas = if mutant == Some(Mutant::NoFence) {
+        0
+    } else {
+        1
+    };
+    let weak = &mut cfg.transfer.weaknesses;
+    match mutant {
+        Some(Mutant::CommitRegardless) => weak.give_up_on_failure = true,
+        Some(Mutant::NoDedup) => weak.no_dedup = true,
+        Some(Mutant::DropOver100) => weak.drop_over_100 = true,
+        Some(Mutant::NoFence) | None => {}
+    }
+    cfg.transfer.cache.wait_timeout_ms = 200;
+    let backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(500),
+    };
+    cfg.transfer.backoff = backoff.clone();
+    for l in [&mut cfg.transfer_loop, &mut cfg.persist_loop] {
+        l.backoff = backoff.clone();
+        l.commit_interval = Duration::from_millis(100);
+        l.drain_timeout = Duration::from_secs(2);
+    }
+    cfg
+}
+
+/// One service incarnation: the library's `service::run` over turmoil
+/// sockets.
+async fn service_host(world: Arc<World>) -> turmoil::Result {
+    let id = world.next_producer.fetch_add(1, Ordering::SeqCst);
+    let kcfg = kafka_client();
+    let producer: Arc<dyn LogProducer> = Arc::new(RemoteProducer::spawn(kcfg.clone(), id));
+    let store = Arc::new(RemoteStore::spawn(
+        format!("mongo:{}", mongo::PORT),
+        Duration::from_millis(500),
+        Duration::from_millis(1000),
+    ));
+    let wiring = Wiring {
+        redis: SimRedis::new(
+            format!("redis:{}", redis::PORT),
+            Duration::from_millis(1000),
+        ),
+        store,
+        producer,
+        hook: Arc::new(world.hook.clone()),
+        clock: Arc::new(SimClock),
+        rng: Arc::new(SeededRng::new(world.seed ^ (id << 32))),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let groups = &world.cfg.groups;
+    let topics = &world.cfg.transfer.topics;
+    let transfer_in: Vec<Box<dyn LogConsumer>> = vec![Box::new(RemoteConsumer::spawn(
+        &kcfg,
+        &groups.to_redis,
+        &topics.to_redis,
+    ))];
+    let persist_in = Box::new(RemoteConsumer::spawn(
+        &kcfg,
+        &groups.to_mongo,
+        &topics.to_mongo,
+    ));
+    let (_keep, shutdown) = watch::channel(false);
+    service::run(wiring, transfer_in, persist_in, &world.cfg, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The OpenIM side: sends the workload in order, `chunk` records at a time,
+/// resending what failed (which duplicates records whose outcome was
+/// unknown, as a retrying producer does).
+async fn producer_client(
+    world: Arc<World>,
+    records: Vec<OutRecord>,
+    chunk: usize,
+    pace: Duration,
+) -> turmoil::Result {
+    let id = world.next_producer.fetch_add(1, Ordering::SeqCst);
+    let producer = RemoteProducer::spawn(kafka_client(), id);
+    for chunk in records.chunks(chunk) {
+        let mut pending: Vec<OutRecord> = chunk.to_vec();
+        while !pending.is_empty() {
+            let acks: Vec<_> = pending.iter().map(|r| producer.send(r.clone())).collect();
+            let mut failed = Vec::new();
+            for (r, ack) in pending.into_iter().zip(acks) {
+                if ack.await.is_err() {
+                    failed.push(r);
+                }
+            }
+            if !failed.is_empty() {
+                sleep(Duration::from_millis(100)).await;
+            }
+            pending = failed;
+        }
+        sleep(pace).await;
+    }
+    world.producer_done.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+fn digest(h: &History, trace: &[String]) -> u64 {
+    let mut d = 0xcbf2_9ce4_8422_2325u64;
+    for line in trace {
+        fnv(&mut d, line.as_bytes());
+    }
+    for i in &h.inputs {
+        fnv(&mut d, i.client_msg_id.as_bytes());
+    }
+    for log in [&h.pushes, &h.persistence_records] {
+        for p in log {
+            for s in p {
+                fnv(&mut d, s.client_msg_id.as_bytes());
+                fnv(&mut d, &s.seq.to_le_bytes());
+            }
+        }
+    }
+    for s in &h.persisted {
+        fnv(&mut d, s.client_msg_id.as_bytes());
+        fnv(&mut d, &s.seq.to_le_bytes());
+    }
+    d
+}
+
+/// Runs seed `seed`.
+pub fn run(seed: u64, opts: &Options) -> anyhow::Result<Outcome> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let plan = schedule(&mut rng, opts.safety);
+    let faults = Arc::new(Faults::new(seed));
+    let clock = Arc::new(SimClock);
+    let topics = Topics::default();
+    let log = EmbeddedLog::new(opts.partitions, kafka::MAX_RECORD_BYTES, clock);
+    let store = EmbeddedStore::new();
+    let world = Arc::new(World {
+        seed,
+        broker: Broker::new(log.clone(), faults.clone()),
+        mongo: MongoHost::new(store.clone(), faults.clone()),
+        redis: RedisHost::new(seed, faults.clone()),
+        hook: EmbeddedHook::default(),
+        cfg: service_config(opts.mutant),
+        next_producer: AtomicU64::new(1),
+        producer_done: AtomicBool::new(false),
+    });
+    // The workload is swarm-drawn too: how many conversations (few make
+    // hot ones, with batches over 100), and whether the producer sends
+    // steadily over the safety phase or all at once.
+    let most = opts.conversations.max(1);
+    let conversations = if rng.random_bool(0.25) {
+        1
+    } else {
+        rng.random_range(1..=most)
+    };
+    let burst = rng.random_bool(0.4);
+    let workload = generate(&WorkloadSpec {
+        messages: opts.messages,
+        conversations,
+        seed,
+        duplicate_rate: rng.random_range(0.0..0.1),
+        topic: topics.to_redis.clone(),
+        start_ms: EPOCH_MS as i64,
+    });
+    let chunk = if burst { 128 } else { 8 };
+    let chunks = workload.records.len().div_ceil(chunk).max(1) as u64;
+    let pace = if burst {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(opts.safety.as_millis() as u64 / chunks)
+    };
+
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(opts.safety + opts.liveness + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(Duration::from_millis(rng.random_range(1..20)))
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
+        .rng_seed(rng.random())
+        .enable_random_order()
+        .build();
+
+    let w = world.clone();
+    sim.host("kafka", move || {
+        let b = w.broker.clone();
+        async move { Ok(b.serve(Duration::from_secs(2)).await?) }
+    });
+    let w = world.clone();
+    sim.host("mongo", move || {
+        let m = w.mongo.clone();
+        async move { Ok(m.serve(Duration::from_secs(3600)).await?) }
+    });
+    let w = world.clone();
+    let interval = Duration::from_millis(rng.random_range(5..300));
+    sim.host("redis", move || {
+        let r = w.redis.clone();
+        async move { Ok(r.serve(interval).await?) }
+    });
+    for name in SERVICES {
+        let w = world.clone();
+        sim.host(name, move || service_host(w.clone()));
+    }
+    sim.client(
+        "producer",
+        producer_client(world.clone(), workload.records, chunk, pace),
+    );
+
+    let mut trace: Vec<String> = Vec::new();
+    let mut events = plan.events.into_iter().peekable();
+    let mut crashed: Vec<&'static str> = Vec::new();
+    faults.set(plan.rates);
+    for (name, rate) in [
+        ("kafka_lost_acks", plan.rates.kafka_lost_ack),
+        ("mongo_lost_replies", plan.rates.mongo_lost_reply),
+        ("redis_lost_replies", plan.rates.redis_lost_reply),
+    ] {
+        if rate > 0.0 {
+            trace.push(format!("0 ms: {name} at {rate:.3}"));
+        }
+    }
+    let mut calm = false;
+    let mut drained = false;
+    let deadline = opts.safety + opts.liveness;
+    loop {
+        if let Err(e) = sim.step() {
+            anyhow::bail!("seed {seed}: a host failed: {e}");
+        }
+        let now = sim.elapsed();
+        while events.peek().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, ev)) = events.next() else { break };
+            if calm {
+                continue;
+            }
+            apply(&mut sim, &world, &ev, &mut crashed);
+            if let Some(kind) = ev.kind() {
+                faults.count(kind);
+            }
+            trace.push(format!("{} ms: {ev:?}", now.as_millis()));
+        }
+        if !calm && now >= opts.safety {
+            // Liveness: every fault healed, every host up.
+            calm = true;
+            faults.set(Rates::default());
+            world.redis.set_link(true);
+            for s in SERVICES {
+                for b in BACKENDS {
+                    sim.repair(s, b);
+                    sim.release(s, b);
+                }
+            }
+            for s in crashed.drain(..) {
+                sim.bounce(s);
+            }
+            trace.push(format!("{} ms: faults off", now.as_millis()));
+        }
+        if calm
+            && world.producer_done.load(Ordering::SeqCst)
+            && log.lag(&world.cfg.groups.to_redis, &topics.to_redis) == 0
+            && log.lag(&world.cfg.groups.to_mongo, &topics.to_mongo) == 0
+        {
+            drained = true;
+            break;
+        }
+        if now >= deadline {
+            break;
+        }
+    }
+    if opts.trace {
+        for line in &trace {
+            eprintln!("[seed {seed}] {line}");
+        }
+    }
+    let now_ms = (EPOCH_MS + sim.elapsed().as_millis() as u64) as i64;
+    let dump = world.redis.dump(now_ms);
+    let (mut h, misplaced) = history::collect(&log, &topics, &store, &dump);
+    // A failover or a lost reply can take cache entries with it; what is
+    // in the cache is still checked.
+    h.cache_partial = true;
+    let report = check::check(&h);
+    Ok(Outcome {
+        seed,
+        sim_ms: sim.elapsed().as_millis() as u64,
+        faults: faults
+            .injected()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        digest: digest(&h, &trace),
+        report,
+        misplaced,
+        drained,
+    })
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, world: &World, ev: &Event, crashed: &mut Vec<&'static str>) {
+    match ev {
+        Event::Partition(a, b) => sim.partition(*a, *b),
+        Event::Repair(a, b) => sim.repair(*a, *b),
+        Event::Hold(a, b) => sim.hold(*a, *b),
+        Event::Release(a, b) => sim.release(*a, *b),
+        Event::Crash(s) => {
+            if !crashed.contains(s) {
+                sim.crash(*s);
+                crashed.push(s);
+            }
+        }
+        Event::Restart(s) => {
+            if let Some(i) = crashed.iter().position(|c| c == s) {
+                crashed.remove(i);
+                sim.bounce(*s);
+            }
+        }
+        Event::Bounce(s) => {
+            if !crashed.contains(s) {
+                sim.bounce(*s);
+            }
+        }
+        Event::Failover => world.redis.failover(),
+        Event::CutReplication => world.redis.set_link(false),
+        Event::RestoreReplication => world.redis.set_link(true),
+    }
+}
