@@ -13,3 +13,4 @@ pub mod mongo;
 pub mod redis;
 pub mod rpc;
 pub mod scenario;
+pub mod shrink;

@@ -13,7 +13,8 @@ use std::ops::Range;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sim::scenario::{self, Mutant, Options, Outcome};
+use sim::scenario::{self, FaultSpec, Mutant, Options, Outcome};
+use sim::shrink::{self, Found};
 
 #[derive(Parser, Debug)]
 #[command(name = "sim", about = "Deterministic simulation of msgtransfer")]
@@ -32,9 +33,13 @@ struct Args {
     /// Conversations per seed.
     #[arg(long, default_value_t = 12, global = true)]
     conversations: u64,
-    /// Put back one known weakness in a sweep.
-    #[arg(long, value_enum)]
+    /// Put back one known weakness (sweeps, replays, shrink).
+    #[arg(long, value_enum, global = true)]
     mutant: Option<Mutant>,
+    /// Replay `--seed` with these faults instead of the ones it draws
+    /// (comma-separated `kind@at+span/service/backend`, as `shrink` prints).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<FaultSpec>,
     /// Print one JSON line with the figures.
     #[arg(long, global = true)]
     json: bool,
@@ -48,6 +53,19 @@ enum Cmd {
     /// Runs every mutant over the seeds and reports which seed caught it;
     /// fails if a mutant is never caught.
     Mutants,
+    /// Proptest over (seed, fault list): looks for a failing plan and
+    /// shrinks it to a small one. Fails if it finds one.
+    Shrink {
+        /// Random plans to try.
+        #[arg(long, default_value_t = 64)]
+        cases: u32,
+        /// Most faults per plan.
+        #[arg(long, default_value_t = 12)]
+        most: usize,
+        /// Seed of proptest's own RNG.
+        #[arg(long, default_value_t = 1)]
+        rng_seed: u64,
+    },
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -71,6 +89,16 @@ fn stopwatch() -> impl Fn() -> f64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The service's own logs, off unless RUST_LOG asks, stamped with
+    // simulated time so two runs of a seed can be diffed line by line.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_timer(SimTime)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let seeds = match (&args.seeds, args.seed) {
         (Some(r), _) => match parse_range(r) {
             Ok(r) => r,
@@ -90,7 +118,13 @@ fn main() -> ExitCode {
         ..Options::default()
     };
     let ok = match args.cmd {
+        None if !args.faults.is_empty() => replay(seeds.start, &opts, &args.faults),
         None => sweep(seeds, &opts, args.json),
+        Some(Cmd::Shrink {
+            cases,
+            most,
+            rng_seed,
+        }) => shrink_cmd(&opts, cases, most, rng_seed),
         Some(Cmd::Meta) => meta(seeds, &opts, args.json),
         Some(Cmd::Mutants) => mutants(seeds, &opts, args.json),
     };
@@ -190,6 +224,58 @@ fn sweep(seeds: Range<u64>, opts: &Options, json: bool) -> bool {
     failing.is_empty()
 }
 
+fn replay(seed: u64, opts: &Options, faults: &[FaultSpec]) -> bool {
+    match scenario::run_faults(seed, opts, faults) {
+        Ok(o) => {
+            describe(&o);
+            o.anomalies() == 0
+        }
+        Err(e) => {
+            eprintln!("sim: seed {seed}: {e}");
+            false
+        }
+    }
+}
+
+fn shrink_cmd(opts: &Options, cases: u32, most: usize, rng_seed: u64) -> bool {
+    let elapsed = stopwatch();
+    let opts = Options {
+        trace: false,
+        ..opts.clone()
+    };
+    let found = shrink::search(&opts, cases, most, rng_seed);
+    match found {
+        Found::Nothing { cases } => {
+            println!("shrink: {cases} plans, none failed ({:.1} s)", elapsed());
+            true
+        }
+        Found::Failure {
+            seed,
+            faults,
+            reason,
+        } => {
+            let list: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            println!(
+                "shrink: failing plan shrunk to {} fault(s) on seed {seed} ({:.1} s): {}",
+                faults.len(),
+                elapsed(),
+                list.join(",")
+            );
+            println!("  because: {reason}");
+            let mutant = opts
+                .mutant
+                .and_then(|m| m.to_possible_value())
+                .map(|v| format!(" --mutant {}", v.get_name()))
+                .unwrap_or_default();
+            println!(
+                "  replay: cargo run -p sim --release -- --seed {seed}{mutant} --faults {}",
+                list.join(",")
+            );
+            false
+        }
+    }
+}
+
 fn meta(seeds: Range<u64>, opts: &Options, json: bool) -> bool {
     let mut all_same = true;
     for seed in seeds {
@@ -262,4 +348,16 @@ fn mutants(seeds: Range<u64>, opts: &Options, json: bool) -> bool {
         }
     }
     all_caught
+}
+
+/// Log timestamps in simulated time (`-` outside any host).
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
 }

@@ -144,6 +144,13 @@ impl RedisHost {
                     let now = clock.now_ms();
                     self.engine.lock().execute_owned(&mut session, now, &args)
                 };
+                // A failover while WAIT was waiting: this is the old
+                // primary's connection, and its writes may be gone. Redis
+                // Sentinel has the old primary's clients disconnected, so
+                // the answer never arrives.
+                if self.epoch.load(Ordering::SeqCst) != epoch {
+                    return;
+                }
                 if self.faults.roll("redis_lost_reply", |r| r.redis_lost_reply) {
                     return;
                 }

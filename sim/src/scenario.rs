@@ -93,7 +93,7 @@ impl Default for Options {
 
 /// A fault kind the schedule can draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+pub enum Kind {
     /// A service cut off from one backend for a while.
     Partition,
     /// A service's messages to one backend held back, then released (a
@@ -115,7 +115,8 @@ enum Kind {
     RedisLostReplies,
 }
 
-const KINDS: [Kind; 9] = [
+/// Every fault kind.
+pub const KINDS: [Kind; 9] = [
     Kind::Partition,
     Kind::Hold,
     Kind::Crash,
@@ -127,18 +128,107 @@ const KINDS: [Kind; 9] = [
     Kind::RedisLostReplies,
 ];
 
-/// One step of the schedule.
+/// One fault as a schedule (or a proptest strategy) states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultSpec {
+    /// What.
+    pub kind: Kind,
+    /// When, ms into the safety phase.
+    pub at_ms: u64,
+    /// How long it lasts (partitions, holds, crashes, cut replication), or
+    /// for lost answers the rate in units of 1/40000 (so 50..6000 is
+    /// 0.1%..15%).
+    pub span_ms: u64,
+    /// Which service (index into the service hosts).
+    pub service: usize,
+    /// Which backend (index into kafka, redis, mongo).
+    pub backend: usize,
+}
+
+impl Kind {
+    /// The kind's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Partition => "partition",
+            Kind::Hold => "hold",
+            Kind::Crash => "crash",
+            Kind::Bounce => "bounce",
+            Kind::Failover => "failover",
+            Kind::ReplicationCut => "replication-cut",
+            Kind::KafkaLostAcks => "kafka-lost-acks",
+            Kind::MongoLostReplies => "mongo-lost-replies",
+            Kind::RedisLostReplies => "redis-lost-replies",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultSpec {
+    /// `kind@at+span/service/backend`, e.g. `partition@1200+800/svc1/redis`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}+{}/{}/{}",
+            self.kind.name(),
+            self.at_ms,
+            self.span_ms,
+            SERVICES[self.service % SERVICES.len()],
+            BACKENDS[self.backend % BACKENDS.len()]
+        )
+    }
+}
+
+impl std::str::FromStr for FaultSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("fault {s:?}: expected kind@at+span/service/backend");
+        let (kind, rest) = s.split_once('@').ok_or_else(bad)?;
+        let (at, rest) = rest.split_once('+').ok_or_else(bad)?;
+        let mut parts = rest.split('/');
+        let span = parts.next().ok_or_else(bad)?;
+        let service = parts.next().ok_or_else(bad)?;
+        let backend = parts.next().ok_or_else(bad)?;
+        Ok(FaultSpec {
+            kind: *KINDS
+                .iter()
+                .find(|k| k.name() == kind)
+                .ok_or_else(|| format!("fault {s:?}: unknown kind {kind:?}"))?,
+            at_ms: at.parse().map_err(|_| bad())?,
+            span_ms: span.parse().map_err(|_| bad())?,
+            service: SERVICES
+                .iter()
+                .position(|x| *x == service)
+                .ok_or_else(|| format!("fault {s:?}: unknown service {service:?}"))?,
+            backend: BACKENDS
+                .iter()
+                .position(|x| *x == backend)
+                .ok_or_else(|| format!("fault {s:?}: unknown backend {backend:?}"))?,
+        })
+    }
+}
+
+/// One step of a plan.
 #[derive(Clone, Debug)]
-enum Event {
+pub enum Event {
+    /// Cut a service off from a backend.
     Partition(&'static str, &'static str),
+    /// Heal that cut.
     Repair(&'static str, &'static str),
+    /// Hold a service's messages to a backend.
     Hold(&'static str, &'static str),
+    /// Deliver what was held.
     Release(&'static str, &'static str),
+    /// Crash a service.
     Crash(&'static str),
+    /// Start a crashed service again.
     Restart(&'static str),
+    /// Restart a running service.
     Bounce(&'static str),
+    /// Promote the Redis replica.
     Failover,
+    /// Cut Redis replication.
     CutReplication,
+    /// Restore Redis replication.
     RestoreReplication,
 }
 
@@ -156,26 +246,65 @@ impl Event {
     }
 }
 
-/// The seed's fault plan: timed events, and lost-answer rates for the
-/// safety phase.
-struct Schedule {
-    events: Vec<(Duration, Event)>,
-    rates: Rates,
+/// A fault plan: timed events, and lost-answer rates for the safety phase.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Events in time order.
+    pub events: Vec<(Duration, Event)>,
+    /// Lost-answer rates while faults are on.
+    pub rates: Rates,
 }
 
-fn at(rng: &mut ChaCha8Rng, safety: Duration) -> Duration {
-    let ms = safety.as_millis() as u64;
-    Duration::from_millis(rng.random_range(ms / 20..ms))
+impl Plan {
+    /// The plan of `faults`.
+    pub fn from_faults(faults: &[FaultSpec]) -> Self {
+        let mut plan = Plan::default();
+        for f in faults {
+            let t = Duration::from_millis(f.at_ms);
+            let end = t + Duration::from_millis(f.span_ms);
+            let s = SERVICES[f.service % SERVICES.len()];
+            let b = BACKENDS[f.backend % BACKENDS.len()];
+            let rate = f.span_ms as f64 / 40_000.0;
+            let ev = &mut plan.events;
+            let rates = &mut plan.rates;
+            match f.kind {
+                Kind::Partition => {
+                    ev.push((t, Event::Partition(s, b)));
+                    ev.push((end, Event::Repair(s, b)));
+                }
+                Kind::Hold => {
+                    ev.push((t, Event::Hold(s, b)));
+                    ev.push((end, Event::Release(s, b)));
+                }
+                Kind::Crash => {
+                    ev.push((t, Event::Crash(s)));
+                    ev.push((end, Event::Restart(s)));
+                }
+                Kind::Bounce => ev.push((t, Event::Bounce(s))),
+                Kind::Failover => ev.push((t, Event::Failover)),
+                Kind::ReplicationCut => {
+                    ev.push((t, Event::CutReplication));
+                    ev.push((end, Event::RestoreReplication));
+                }
+                Kind::KafkaLostAcks => rates.kafka_lost_ack = rates.kafka_lost_ack.max(rate),
+                Kind::MongoLostReplies => rates.mongo_lost_reply = rates.mongo_lost_reply.max(rate),
+                Kind::RedisLostReplies => {
+                    rates.redis_lost_reply = rates.redis_lost_reply.max(rate / 3.0)
+                }
+            }
+        }
+        // Stable: by time, then in the order stated.
+        plan.events.sort_by_key(|(t, _)| *t);
+        plan
+    }
 }
 
-fn span(rng: &mut ChaCha8Rng, lo_ms: u64, hi_ms: u64) -> Duration {
-    Duration::from_millis(rng.random_range(lo_ms..hi_ms))
-}
-
-/// Draws the seed's schedule, swarm style: each fault kind is switched on
-/// or off for the whole seed, and the ones on get their own counts, times
-/// and rates — so some seeds hammer one weakness and others mix many.
-fn schedule(rng: &mut ChaCha8Rng, safety: Duration) -> Schedule {
+/// Draws the faults of `seed`, swarm style: each fault kind is switched on
+/// or off for the whole seed, and the ones on get their own counts, times,
+/// lengths and rates — so some seeds hammer one weakness and others mix
+/// many.
+pub fn draw_faults(seed: u64, opts: &Options) -> Vec<FaultSpec> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut on: Vec<Kind> = KINDS
         .iter()
         .copied()
@@ -184,45 +313,20 @@ fn schedule(rng: &mut ChaCha8Rng, safety: Duration) -> Schedule {
     if on.is_empty() {
         on.push(KINDS[rng.random_range(0..KINDS.len())]);
     }
-    let mut events = Vec::new();
-    let mut rates = Rates::default();
-    let svc = |rng: &mut ChaCha8Rng| SERVICES[rng.random_range(0..SERVICES.len())];
-    let backend = |rng: &mut ChaCha8Rng| BACKENDS[rng.random_range(0..BACKENDS.len())];
+    let safety_ms = opts.safety.as_millis() as u64;
+    let mut faults = Vec::new();
     for kind in on {
-        let times = rng.random_range(1..=4);
-        for _ in 0..times {
-            let t = at(rng, safety);
-            match kind {
-                Kind::Partition => {
-                    let (s, b) = (svc(rng), backend(rng));
-                    events.push((t, Event::Partition(s, b)));
-                    events.push((t + span(rng, 200, 6000), Event::Repair(s, b)));
-                }
-                Kind::Hold => {
-                    let (s, b) = (svc(rng), backend(rng));
-                    events.push((t, Event::Hold(s, b)));
-                    events.push((t + span(rng, 50, 3000), Event::Release(s, b)));
-                }
-                Kind::Crash => {
-                    let s = svc(rng);
-                    events.push((t, Event::Crash(s)));
-                    events.push((t + span(rng, 100, 5000), Event::Restart(s)));
-                }
-                Kind::Bounce => events.push((t, Event::Bounce(svc(rng)))),
-                Kind::Failover => events.push((t, Event::Failover)),
-                Kind::ReplicationCut => {
-                    events.push((t, Event::CutReplication));
-                    events.push((t + span(rng, 100, 4000), Event::RestoreReplication));
-                }
-                Kind::KafkaLostAcks => rates.kafka_lost_ack = rng.random_range(0.01..0.15),
-                Kind::MongoLostReplies => rates.mongo_lost_reply = rng.random_range(0.01..0.15),
-                Kind::RedisLostReplies => rates.redis_lost_reply = rng.random_range(0.005..0.05),
-            }
+        for _ in 0..rng.random_range(1..=4) {
+            faults.push(FaultSpec {
+                kind,
+                at_ms: rng.random_range(safety_ms / 20..safety_ms),
+                span_ms: rng.random_range(50..6000),
+                service: rng.random_range(0..SERVICES.len()),
+                backend: rng.random_range(0..BACKENDS.len()),
+            });
         }
     }
-    // Stable order: by time, then by the order drawn.
-    events.sort_by_key(|(t, _)| *t);
-    Schedule { events, rates }
+    faults
 }
 
 /// What one seed did and found.
@@ -428,10 +532,57 @@ fn digest(h: &History, trace: &[String]) -> u64 {
     d
 }
 
-/// Runs seed `seed`.
+/// Held for the length of a run (see [`align_task_ids`]).
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Task ids are a multiple of this at the start of every run.
+const TASK_ID_ALIGN: u64 = 64;
+
+/// Puts tokio's task-id counter at a multiple of [`TASK_ID_ALIGN`].
+///
+/// tokio numbers tasks from one counter for the whole process, and when a
+/// runtime is dropped (turmoil crashing a host) it shuts the runtime's tasks
+/// down shard by shard, a task's shard being its id modulo the shard count
+/// (4 for a current-thread runtime). The order in which a crashed host's
+/// sockets close — and so the simulated network after a crash — would then
+/// depend on how many tasks earlier runs in the same process had spawned,
+/// and a seed from a sweep would not replay alone. Spending ids up to the
+/// next multiple makes every run start from the same residue.
+fn align_task_ids() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a bare current-thread runtime builds");
+    rt.block_on(async {
+        loop {
+            let id = tokio::spawn(async { tokio::task::id() })
+                .await
+                .expect("an empty task completes");
+            let n: u64 = id.to_string().parse().expect("task ids print as numbers");
+            if n % TASK_ID_ALIGN == TASK_ID_ALIGN - 1 {
+                break;
+            }
+        }
+    });
+}
+
+/// Runs seed `seed` with the faults it draws.
 pub fn run(seed: u64, opts: &Options) -> anyhow::Result<Outcome> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let plan = schedule(&mut rng, opts.safety);
+    run_faults(seed, opts, &draw_faults(seed, opts))
+}
+
+/// Runs seed `seed` (workload, network, timing) with the given faults
+/// instead of the ones it would draw: what proptest varies and shrinks.
+pub fn run_faults(seed: u64, opts: &Options, faults: &[FaultSpec]) -> anyhow::Result<Outcome> {
+    // One run at a time in a process: the task-id counter below is shared,
+    // so a run on another thread would move it in the middle of this one.
+    let _alone = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    align_task_ids();
+    let plan = Plan::from_faults(faults);
+    // The environment has its own stream, so the same seed gives the same
+    // workload and network whatever the faults are.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0e4f_1a2b_3c4d_5e6f);
     let faults = Arc::new(Faults::new(seed));
     let clock = Arc::new(SimClock);
     let topics = Topics::default();

@@ -290,7 +290,23 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                 cmd.arg(*s);
             }
         }
-        let reply: Vec<i64> = match cmd.query_async(conn).await {
+        // With a fence, WAIT goes in one pipeline with the script: both on
+        // one connection, back to back. WAIT only covers the writes of its
+        // own connection, so a WAIT sent after a reconnect (to a promoted
+        // replica that never saw the script's writes) would confirm nothing
+        // and still answer "replicated" — the simulator found exactly that.
+        let fenced = cfg.wait_replicas > 0;
+        let sent = if fenced {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd)
+                .cmd("WAIT")
+                .arg(cfg.wait_replicas)
+                .arg(cfg.wait_timeout_ms);
+            pipe.query_async::<(Vec<i64>, i64)>(conn).await
+        } else {
+            cmd.query_async::<Vec<i64>>(conn).await.map(|r| (r, 0))
+        };
+        let (reply, acked) = match sent {
             Ok(r) => r,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // First use on this server (or after SCRIPT FLUSH): load it
@@ -306,20 +322,11 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
         };
         match reply.first().copied() {
             Some(0) if reply.len() == 2 + 2 * items.len() => {
-                if cfg.wait_replicas > 0 {
-                    // WAIT covers every write this connection sent before
-                    // it, our script's among them.
-                    let acked: i64 = redis::cmd("WAIT")
-                        .arg(cfg.wait_replicas)
-                        .arg(cfg.wait_timeout_ms)
-                        .query_async(conn)
-                        .await?;
-                    if acked < i64::from(cfg.wait_replicas) {
-                        return Err(CacheError::NotReplicated {
-                            acked,
-                            wanted: cfg.wait_replicas,
-                        });
-                    }
+                if fenced && acked < i64::from(cfg.wait_replicas) {
+                    return Err(CacheError::NotReplicated {
+                        acked,
+                        wanted: cfg.wait_replicas,
+                    });
                 }
                 let mut seqs = Vec::with_capacity(items.len());
                 let mut hits = Vec::with_capacity(items.len());

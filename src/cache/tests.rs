@@ -249,3 +249,111 @@ fn lock_tokens_never_repeat_and_differ_between_sources() {
     assert_ne!(a1, a2);
     assert_ne!(a1, b1);
 }
+
+/// Records how commands reach the server (one entry per request: the names
+/// of the commands in it) and plays a replica that confirms every `WAIT`.
+#[derive(Clone)]
+struct Recorder {
+    inner: EmbeddedRedis,
+    requests: Arc<parking_lot::Mutex<Vec<Vec<String>>>>,
+}
+
+fn command_name(cmd: &redis::Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).to_uppercase(),
+        _ => String::new(),
+    }
+}
+
+impl Recorder {
+    async fn run(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        if command_name(cmd) == "WAIT" {
+            return Ok(redis::Value::Int(1));
+        }
+        self.inner.req_packed_command(cmd).await
+    }
+}
+
+impl ConnectionLike for Recorder {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.requests.lock().push(vec![command_name(cmd)]);
+        Box::pin(self.run(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.requests
+            .lock()
+            .push(pipeline.cmd_iter().map(command_name).collect());
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for cmd in pipeline.cmd_iter() {
+                out.push(self.run(cmd).await?);
+            }
+            Ok(out.into_iter().skip(offset).take(count).collect())
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_fence_waits_on_the_connection_that_ran_the_script() {
+    // WAIT only covers writes of its own connection: sent on its own, it
+    // could go out on a new connection after a reconnect (to a promoted
+    // replica) and confirm nothing. So it must travel in one request with
+    // the script that made the writes.
+    let f = fixture();
+    let mut conn = Recorder {
+        inner: f.redis.clone(),
+        requests: Arc::new(parking_lot::Mutex::new(Vec::new())),
+    };
+    let cfg = CacheConfig {
+        wait_replicas: 1,
+        ..CacheConfig::default()
+    };
+    for batch in [["m1", "m2"], ["m3", "m1"]] {
+        let a = assign(
+            &mut conn,
+            &f.store,
+            f.clock.as_ref(),
+            &f.tokens,
+            &cfg,
+            "sg_g1",
+            &items(&batch, None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.seqs.len(), 2);
+    }
+    let requests = conn.requests.lock().clone();
+    let scripts = requests
+        .iter()
+        .filter(|r| r.iter().any(|c| c == "EVALSHA"))
+        .count();
+    assert!(scripts >= 2, "the script ran: {requests:?}");
+    for r in &requests {
+        if r.iter().any(|c| c == "WAIT") {
+            assert_eq!(
+                r,
+                &vec!["EVALSHA".to_string(), "WAIT".to_string()],
+                "WAIT must follow the script in the same request: {requests:?}"
+            );
+        }
+        if r.iter().any(|c| c == "EVALSHA") {
+            assert!(
+                r.iter().any(|c| c == "WAIT"),
+                "every script run is fenced: {requests:?}"
+            );
+        }
+    }
+}
