@@ -10,5 +10,6 @@ echo "==> sim sweep $seeds"
 ./target/release/sim --seeds "$seeds" --json
 echo "==> sim meta-test"
 ./target/release/sim meta --seed 42
+./target/release/sim meta --seeds 1..21
 echo "==> sim mutants"
 ./target/release/sim mutants --seeds 1..50

@@ -195,7 +195,10 @@ fn sweep(seeds: Range<u64>, opts: &Options, json: bool) -> bool {
         }
         if outcome.anomalies() > 0 {
             failing.push(seed);
-            println!("  replay: cargo run -p sim --release -- --seed {seed}");
+            println!(
+                "  replay: cargo run -p sim --release -- --seed {seed}{}",
+                mutant_flag(opts)
+            );
         }
     }
     let wall = elapsed();
@@ -222,6 +225,15 @@ fn sweep(seeds: Range<u64>, opts: &Options, json: bool) -> bool {
         println!("{line}");
     }
     failing.is_empty()
+}
+
+/// ` --mutant NAME` when a mutant is on, so a printed replay command
+/// replays the same thing.
+fn mutant_flag(opts: &Options) -> String {
+    opts.mutant
+        .and_then(|m| m.to_possible_value())
+        .map(|v| format!(" --mutant {}", v.get_name()))
+        .unwrap_or_default()
 }
 
 fn replay(seed: u64, opts: &Options, faults: &[FaultSpec]) -> bool {
@@ -262,11 +274,7 @@ fn shrink_cmd(opts: &Options, cases: u32, most: usize, rng_seed: u64) -> bool {
                 list.join(",")
             );
             println!("  because: {reason}");
-            let mutant = opts
-                .mutant
-                .and_then(|m| m.to_possible_value())
-                .map(|v| format!(" --mutant {}", v.get_name()))
-                .unwrap_or_default();
+            let mutant = mutant_flag(&opts);
             println!(
                 "  replay: cargo run -p sim --release -- --seed {seed}{mutant} --faults {}",
                 list.join(",")

@@ -33,6 +33,10 @@ pub enum MongoReq {
     WriteBucket(String, Vec<(usize, MsgDataModel)>),
     /// `raise_read_seq`.
     RaiseReadSeq(String, String, i64),
+    /// Read a `read_seq` (the read-then-write mutant's first step).
+    ReadSeq(String, String),
+    /// Set a `read_seq`, lower or not (its second step).
+    SetReadSeq(String, String, i64),
 }
 
 /// Answers.
@@ -100,6 +104,12 @@ impl Session for MongoSession {
                     .raise_read_seq(&user, &conv, seq)
                     .await
                     .map_or_else(refused, |_| MongoResp::Ok),
+                MongoReq::ReadSeq(user, conv) => store
+                    .read_seq(&user, &conv)
+                    .map_or_else(refused, MongoResp::Seq),
+                MongoReq::SetReadSeq(user, conv, seq) => store
+                    .set_read_seq(&user, &conv, seq)
+                    .map_or_else(refused, |_| MongoResp::Ok),
             };
             if self
                 .host
@@ -118,6 +128,7 @@ impl Session for MongoSession {
 pub struct RemoteStore {
     client: Client<MongoReq, MongoResp>,
     timeout: Duration,
+    read_then_write: bool,
 }
 
 impl RemoteStore {
@@ -126,6 +137,23 @@ impl RemoteStore {
         Self {
             client: Client::spawn(addr, None, connect_timeout),
             timeout,
+            read_then_write: false,
+        }
+    }
+
+    /// The same store raising read seqs as OpenIM does: read the value, and
+    /// if it is lower, write the new one — two operations, so a concurrent
+    /// raise in between can be overwritten by a lower value (the
+    /// `read-then-write` mutant).
+    pub fn read_then_write(mut self) -> Self {
+        self.read_then_write = true;
+        self
+    }
+
+    async fn ok(&self, req: MongoReq) -> Result<(), StoreError> {
+        match self.call(req).await? {
+            MongoResp::Ok => Ok(()),
+            a => Err(unexpected(a)),
         }
     }
 
@@ -144,12 +172,7 @@ fn unexpected(a: MongoResp) -> StoreError {
 
 impl DocStore for RemoteStore {
     fn ensure_indexes(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            match self.call(MongoReq::EnsureIndexes).await? {
-                MongoResp::Ok => Ok(()),
-                a => Err(unexpected(a)),
-            }
-        })
+        Box::pin(self.ok(MongoReq::EnsureIndexes))
     }
 
     fn reserve_seqs<'a>(
@@ -173,12 +196,7 @@ impl DocStore for RemoteStore {
         doc_id: String,
         slots: Vec<SlotWrite>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            match self.call(MongoReq::WriteBucket(doc_id, slots)).await? {
-                MongoResp::Ok => Ok(()),
-                a => Err(unexpected(a)),
-            }
-        })
+        Box::pin(self.ok(MongoReq::WriteBucket(doc_id, slots)))
     }
 
     fn raise_read_seq<'a>(
@@ -188,17 +206,21 @@ impl DocStore for RemoteStore {
         seq: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            match self
-                .call(MongoReq::RaiseReadSeq(
-                    user_id.into(),
-                    conversation_id.into(),
-                    seq,
-                ))
+            let (user, conv) = (user_id.to_string(), conversation_id.to_string());
+            if !self.read_then_write {
+                return self.ok(MongoReq::RaiseReadSeq(user, conv, seq)).await;
+            }
+            let current = match self
+                .call(MongoReq::ReadSeq(user.clone(), conv.clone()))
                 .await?
             {
-                MongoResp::Ok => Ok(()),
-                a => Err(unexpected(a)),
+                MongoResp::Seq(s) => s,
+                a => return Err(unexpected(a)),
+            };
+            if current < seq {
+                self.ok(MongoReq::SetReadSeq(user, conv, seq)).await?;
             }
+            Ok(())
         })
     }
 }

@@ -75,6 +75,10 @@ pub enum Mutant {
     /// A conversation batch with more than 100 stored messages is dropped.
     #[value(name = "drop-over-100")]
     DropOver100,
+    /// Mongo read seqs raised by reading the value and then writing the
+    /// new one if higher (OpenIM's `SetUserReadSeq`), so concurrent raises
+    /// can move a read seq backwards.
+    ReadThenWrite,
 }
 
 impl Default for Options {
@@ -365,6 +369,7 @@ impl Outcome {
             ("lost", r.lost),
             ("phantoms", r.phantoms),
             ("read_seq_above_max", r.read_seq_above_max),
+            ("read_seq_behind", r.read_seq_behind),
             ("misplaced", self.misplaced),
             ("not_drained", u64::from(!self.drained)),
         ]
@@ -383,6 +388,7 @@ struct World {
     redis: Arc<RedisHost>,
     hook: EmbeddedHook,
     cfg: ServiceConfig,
+    mutant: Option<Mutant>,
     /// Producer ids handed out (one per process incarnation).
     next_producer: AtomicU64,
     producer_done: AtomicBool,
@@ -412,7 +418,7 @@ fn service_config(mutant: Option<Mutant>) -> ServiceConfig {
         Some(Mutant::CommitRegardless) => weak.give_up_on_failure = true,
         Some(Mutant::NoDedup) => weak.no_dedup = true,
         Some(Mutant::DropOver100) => weak.drop_over_100 = true,
-        Some(Mutant::NoFence) | None => {}
+        Some(Mutant::NoFence | Mutant::ReadThenWrite) | None => {}
     }
     cfg.transfer.cache.wait_timeout_ms = 200;
     let backoff = Backoff {
@@ -434,11 +440,15 @@ async fn service_host(world: Arc<World>) -> turmoil::Result {
     let id = world.next_producer.fetch_add(1, Ordering::SeqCst);
     let kcfg = kafka_client();
     let producer: Arc<dyn LogProducer> = Arc::new(RemoteProducer::spawn(kcfg.clone(), id));
-    let store = Arc::new(RemoteStore::spawn(
+    let mut store = RemoteStore::spawn(
         format!("mongo:{}", mongo::PORT),
         Duration::from_millis(500),
         Duration::from_millis(1000),
-    ));
+    );
+    if world.mutant == Some(Mutant::ReadThenWrite) {
+        store = store.read_then_write();
+    }
+    let store = Arc::new(store);
     let wiring = Wiring {
         redis: SimRedis::new(
             format!("redis:{}", redis::PORT),
@@ -595,6 +605,7 @@ pub fn run_faults(seed: u64, opts: &Options, faults: &[FaultSpec]) -> anyhow::Re
         redis: RedisHost::new(seed, faults.clone()),
         hook: EmbeddedHook::default(),
         cfg: service_config(opts.mutant),
+        mutant: opts.mutant,
         next_producer: AtomicU64::new(1),
         producer_done: AtomicBool::new(false),
     });

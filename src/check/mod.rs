@@ -15,7 +15,9 @@
 //! - **lost**: an input message missing a push, or (stored) missing its Mongo
 //!   slot or cache entry; **phantom**: an observed message never input;
 //! - **read seq above max**: a user's read seq beyond the conversation's max
-//!   seq.
+//!   seq; **read seq behind**: a user's read seq below what an input asked
+//!   for (the seq of the user's own stored chat message, a read receipt) —
+//!   a raise that was lost or overwritten by an older value.
 //!
 //! A message is identified by `(conversation, clientMsgID)`. Observations
 //! whose outcome was unknown are simply observations: the checker never
@@ -35,6 +37,25 @@ pub struct Input {
     pub client_msg_id: String,
     /// Whether it should get a seq, a cache entry and a Mongo slot.
     pub stored: bool,
+    /// The user whose read seq in this conversation must reach this
+    /// message's seq (the sender of a stored chat message), if any.
+    pub raises_read_of: Option<String>,
+    /// The read seq this message asks for, as `(user, conversation, seq)`
+    /// (a read receipt; Mongo only, as in OpenIM).
+    pub receipt: Option<(String, String, i64)>,
+}
+
+impl Input {
+    /// A message that raises no read seq.
+    pub fn plain(conversation_id: &str, client_msg_id: &str, stored: bool) -> Self {
+        Self {
+            conversation_id: conversation_id.to_string(),
+            client_msg_id: client_msg_id.to_string(),
+            stored,
+            raises_read_of: None,
+            receipt: None,
+        }
+    }
 }
 
 /// One message seen in an output log, in log order.
@@ -111,6 +132,8 @@ pub struct Report {
     pub others: u64,
     /// Read seqs above the conversation's max seq.
     pub read_seq_above_max: u64,
+    /// Read seqs below what an input asked for (or missing).
+    pub read_seq_behind: u64,
     /// Up to a few examples per anomaly kind.
     pub examples: Vec<String>,
 }
@@ -124,6 +147,7 @@ impl Report {
             + self.lost
             + self.phantoms
             + self.read_seq_above_max
+            + self.read_seq_behind
     }
 
     fn example(&mut self, text: String) {
@@ -299,7 +323,56 @@ pub fn check(h: &History) -> Report {
             ));
         }
     }
+    read_seq_floors(h, &seqs_of, &mut r);
     r
+}
+
+/// Every read seq must be at least what the inputs asked for: in Mongo the
+/// senders' own stored chat messages and the read receipts, in Redis the
+/// senders' messages (unless the cache may have lost entries). A message
+/// seen at several seqs asks for the lowest.
+fn read_seq_floors(h: &History, seqs_of: &BTreeMap<MsgId, BTreeSet<i64>>, r: &mut Report) {
+    type Floors<'a> = BTreeMap<(&'a str, &'a str), i64>;
+    let mut mongo: Floors<'_> = BTreeMap::new();
+    let mut redis: Floors<'_> = BTreeMap::new();
+    fn raise<'a>(floors: &mut Floors<'a>, key: (&'a str, &'a str), seq: i64) {
+        let f = floors.entry(key).or_insert(seq);
+        *f = (*f).max(seq);
+    }
+    for i in &h.inputs {
+        if let Some(user) = &i.raises_read_of {
+            let id = (i.conversation_id.clone(), i.client_msg_id.clone());
+            if let Some(seq) = seqs_of.get(&id).and_then(|s| s.first()) {
+                let key = (user.as_str(), i.conversation_id.as_str());
+                raise(&mut mongo, key, *seq);
+                raise(&mut redis, key, *seq);
+            }
+        }
+        if let Some((user, conv, seq)) = &i.receipt {
+            raise(&mut mongo, (user.as_str(), conv.as_str()), *seq);
+        }
+    }
+    let mut actual: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for (user, conv, read, source) in &h.read_seqs {
+        let a = actual.entry((source, user, conv)).or_insert(*read);
+        *a = (*a).max(*read);
+    }
+    let sources: &[(&str, &Floors<'_>)] = if h.cache_partial {
+        &[("mongo", &mongo)]
+    } else {
+        &[("mongo", &mongo), ("redis", &redis)]
+    };
+    for (source, floors) in sources {
+        for ((user, conv), floor) in floors.iter() {
+            let read = actual.get(&(*source, *user, *conv)).copied().unwrap_or(0);
+            if read < *floor {
+                r.read_seq_behind += 1;
+                r.example(format!(
+                    "read seq ({source}): {user} in {conv} at {read} < {floor} asked for"
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

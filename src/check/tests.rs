@@ -3,11 +3,7 @@
 use super::*;
 
 fn input(conv: &str, id: &str, stored: bool) -> Input {
-    Input {
-        conversation_id: conv.into(),
-        client_msg_id: id.into(),
-        stored,
-    }
+    Input::plain(conv, id, stored)
 }
 
 fn seen(conv: &str, id: &str, seq: i64) -> Seen {
@@ -23,15 +19,28 @@ fn clean() -> History {
     let msgs = [seen("c", "a", 1), seen("c", "b", 2)];
     History {
         inputs: vec![
-            input("c", "a", true),
-            input("c", "t", false),
-            input("c", "b", true),
+            Input {
+                raises_read_of: Some("u".into()),
+                ..input("c", "a", true)
+            },
+            Input {
+                receipt: Some(("v".into(), "c".into(), 1)),
+                ..input("c", "t", false)
+            },
+            Input {
+                raises_read_of: Some("u".into()),
+                ..input("c", "b", true)
+            },
         ],
         pushes: vec![vec![msgs[0].clone(), seen("c", "t", 0), msgs[1].clone()]],
         persistence_records: vec![msgs.to_vec()],
         persisted: msgs.to_vec(),
         cached: msgs.to_vec(),
-        read_seqs: vec![("u".into(), "c".into(), 2, "mongo")],
+        read_seqs: vec![
+            ("u".into(), "c".into(), 2, "mongo"),
+            ("u".into(), "c".into(), 2, "redis"),
+            ("v".into(), "c".into(), 1, "mongo"),
+        ],
         max_seqs: [("c".to_string(), 2)].into_iter().collect(),
         open: false,
         cache_partial: false,
@@ -176,6 +185,38 @@ fn catches_a_read_seq_above_max() {
     let mut h = clean();
     h.read_seqs.push(("v".into(), "c".into(), 3, "redis"));
     assert_eq!(check(&h).read_seq_above_max, 1);
+}
+
+#[test]
+fn catches_a_read_seq_an_older_write_put_back() {
+    let mut h = clean();
+    // u sent seq 2; a read-then-write raise from an older value left 1.
+    h.read_seqs[0].2 = 1;
+    let r = check(&h);
+    assert_eq!((r.read_seq_behind, r.anomalies()), (1, 1), "{r:?}");
+}
+
+#[test]
+fn catches_a_read_receipt_that_never_reached_mongo() {
+    let mut h = clean();
+    h.read_seqs.retain(|(user, ..)| user != "v");
+    let r = check(&h);
+    assert_eq!((r.read_seq_behind, r.anomalies()), (1, 1), "{r:?}");
+}
+
+#[test]
+fn a_partial_cache_excuses_a_lost_redis_read_seq_but_not_a_mongo_one() {
+    let mut h = clean();
+    h.read_seqs.retain(|(_, _, _, source)| *source != "redis");
+    assert_eq!(
+        check(&h).read_seq_behind,
+        1,
+        "Redis lost it, nobody said so"
+    );
+    h.cache_partial = true;
+    assert_eq!(check(&h).anomalies(), 0);
+    h.read_seqs[0].2 = 1;
+    assert_eq!(check(&h).read_seq_behind, 1);
 }
 
 #[test]

@@ -476,7 +476,7 @@ pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
          \x20 workload  {} records ({} producer duplicates), generated in {:.1}s\n\
          \x20 service   {:.2}s, {:.0} msg/s, produce->persisted p50 {:.1} ms, p99 {:.1} ms, {} restarts\n\
          \x20 effects   {} messages as {} units; stored {} / persisted {} / cached {}; pushed {} of {} messages; dedup hits {}; dead letters {}; retries {}\n\
-         \x20 audit     {} seq conflicts, {} duplicates, {} order violations, {} lost, {} phantoms, {} misplaced, {} read seqs above max ({:.1}s)\n\
+         \x20 audit     {} seq conflicts, {} duplicates, {} order violations, {} lost, {} phantoms, {} misplaced, {} read seqs above max, {} behind ({:.1}s)\n\
          \x20 verdict   {}",
         args.seed,
         args.messages,
@@ -507,6 +507,7 @@ pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
         r.phantoms,
         o.misplaced,
         r.read_seq_above_max,
+        r.read_seq_behind,
         o.audit_s,
         if o.clean() {
             "CLEAN".to_string()
@@ -540,6 +541,7 @@ pub fn json_line(args: &DemoArgs, o: &DemoOutcome) -> String {
         "phantoms": r.phantoms,
         "misplaced": o.misplaced,
         "read_seq_above_max": r.read_seq_above_max,
+        "read_seq_behind": r.read_seq_behind,
         "dedup_hits": metric("dedup_hits"),
         "dead_letters": metric("dlq_records"),
         "restarts": o.restarts,

@@ -15,7 +15,7 @@ use super::store::EmbeddedStore;
 use crate::cache::RedisDump;
 use crate::cache::dump::PREFIXES;
 use crate::check::{History, Input, Seen};
-use crate::domain::{bucket, cache_json, categorise};
+use crate::domain::{bucket, cache_json, categorise, content, receipt};
 use crate::pipeline::transfer::Topics;
 use crate::ports::Record;
 use crate::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
@@ -113,8 +113,20 @@ pub fn inputs<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Input> {
         let Ok(m) = MsgData::decode(v) else {
             continue;
         };
+        // A read receipt raises its reader's read seq once per record, as
+        // the service applies it (with the record's first unit).
+        let mut receipt = if m.content_type == content::HAS_READ_RECEIPT {
+            receipt::parse(&m.content)
+                .ok()
+                .flatten()
+                .map(|r| (r.user_id, r.conversation_id, r.read_seq))
+        } else {
+            None
+        };
         for u in categorise::categorise(m).unwrap_or_default() {
             out.push(Input {
+                raises_read_of: (u.chat && u.stored).then(|| u.msg.send_id.clone()),
+                receipt: receipt.take(),
                 conversation_id: u.conversation_id,
                 client_msg_id: u.msg.client_msg_id,
                 stored: u.stored,

@@ -130,6 +130,31 @@ impl EmbeddedStore {
         st.seq_user.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
+    /// The `read_seq` of `(user, conversation)`, 0 without a document.
+    pub fn read_seq(&self, user_id: &str, conversation_id: &str) -> Result<i64, StoreError> {
+        self.run(|st| {
+            st.seq_user
+                .get(&(user_id.to_string(), conversation_id.to_string()))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Sets `read_seq` of `(user, conversation)` to `seq`, lower or not:
+    /// OpenIM's write after its read (reference §7.2), which the simulator's
+    /// read-then-write mutant puts back. The service only ever raises.
+    pub fn set_read_seq(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        seq: i64,
+    ) -> Result<(), StoreError> {
+        self.run(|st| {
+            st.seq_user
+                .insert((user_id.to_string(), conversation_id.to_string()), seq);
+        })
+    }
+
     /// Every `conversation → max_seq`, sorted.
     pub fn max_seqs(&self) -> BTreeMap<String, i64> {
         let st = self.state.lock();

@@ -238,13 +238,14 @@ pub fn summary(r: &AuditReport) -> String {
     ));
     s.push_str(&format!(
         "anomalies: {} (lost {}, duplicates {}, seq conflicts {}, order violations {}, \
-         read seq above max {}, misplaced {})",
+         read seq above max {}, read seq behind {}, misplaced {})",
         r.anomalies(),
         c.lost,
         c.duplicates,
         c.seq_conflicts,
         c.order_violations,
         c.read_seq_above_max,
+        c.read_seq_behind,
         r.misplaced
     ));
     for e in &c.examples {
