@@ -287,7 +287,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let store = MongoStore::connect(&cfg.mongo.uri, &cfg.mongo.database)
         .await
-        .map_err(|e| anyhow::anyhow!("mongodb.yml: connecting to MongoDB: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("mongodb.yml: connecting to MongoDB: {e}"))?
+        .with_ledger_window(service_cfg.transfer.cache.dedup_window_ms);
     crate::ports::DocStore::ensure_indexes(&store)
         .await
         .map_err(|e| anyhow::anyhow!("MongoDB indexes: {e}"))?;

@@ -362,3 +362,81 @@ async fn new_documents_are_keyed_by_their_natural_key() {
     assert_eq!(su.get_str("conversation_id").unwrap(), "sg_g1");
     db.drop().await.unwrap();
 }
+
+/// The dedup ledger on a real server: entries recorded once, a redelivery's
+/// identical entries accepted, a different seq for a recorded message
+/// reported (and not written), lookups across windows, and windows older
+/// than the previous one dropped whole.
+#[tokio::test]
+async fn the_dedup_ledger_records_once_reports_conflicts_and_drops_old_windows() {
+    let db = support::mongo_db("ledger").await;
+    let window = 60_000;
+    let store = MongoStore::new(&db).with_ledger_window(window);
+    let t0 = 1_764_000_000_000_i64;
+    let entries = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+        pairs.iter().map(|(id, s)| (id.to_string(), *s)).collect()
+    };
+    let none = store
+        .record_seqs("si_a_b", entries(&[("m1", 1), ("m2", 2)]), t0)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // A redelivery (same seqs) plus one new message: fine, and m3 recorded.
+    let none = store
+        .record_seqs(
+            "si_a_b",
+            entries(&[("m1", 1), ("m2", 2), ("m3", 3)]),
+            t0 + 1,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    // Another seq for m2: reported with the recorded one, which stays.
+    let conflicts = store
+        .record_seqs("si_a_b", entries(&[("m2", 9), ("m4", 4)]), t0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(conflicts, entries(&[("m2", 2)]));
+    let ids = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut found = store
+        .recorded_seqs("si_a_b", ids(&["m1", "m2", "m4", "m5"]))
+        .await
+        .unwrap();
+    found.sort();
+    assert_eq!(found, entries(&[("m1", 1), ("m2", 2), ("m4", 4)]));
+    assert!(
+        store
+            .recorded_seqs("sg_other", ids(&["m1"]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "entries belong to their conversation"
+    );
+    // The next window: m1 still found (previous window), new entries go to
+    // the new window's collection.
+    store
+        .record_seqs("si_a_b", entries(&[("m6", 6)]), t0 + window)
+        .await
+        .unwrap();
+    let found = store
+        .recorded_seqs("si_a_b", ids(&["m1", "m6"]))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    // Two windows on, the first window's collection is dropped.
+    store
+        .record_seqs("si_a_b", entries(&[("m7", 7)]), t0 + 2 * window)
+        .await
+        .unwrap();
+    let found = store
+        .recorded_seqs("si_a_b", ids(&["m1", "m6", "m7"]))
+        .await
+        .unwrap();
+    let mut found: Vec<String> = found.into_iter().map(|(id, _)| id).collect();
+    found.sort();
+    assert_eq!(found, ids(&["m6", "m7"]));
+    let mut names = db.list_collection_names().await.unwrap();
+    names.retain(|n| n.starts_with("msgtransfer_dedup_"));
+    assert_eq!(names.len(), 2, "{names:?}");
+    db.drop().await.unwrap();
+}

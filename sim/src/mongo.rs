@@ -33,6 +33,10 @@ pub enum MongoReq {
     WriteBucket(String, Vec<(usize, MsgDataModel)>),
     /// `raise_read_seq`.
     RaiseReadSeq(String, String, i64),
+    /// `record_seqs`.
+    RecordSeqs(String, Vec<(String, i64)>, i64),
+    /// `recorded_seqs`.
+    RecordedSeqs(String, Vec<String>),
     /// Read a `read_seq` (the read-then-write mutant's first step).
     ReadSeq(String, String),
     /// Set a `read_seq`, lower or not (its second step).
@@ -46,6 +50,8 @@ pub enum MongoResp {
     Ok,
     /// `reserve_seqs`'s previous `max_seq`.
     Seq(i64),
+    /// Ledger entries.
+    Entries(Vec<(String, i64)>),
     /// Refused.
     Refused(String),
 }
@@ -104,6 +110,14 @@ impl Session for MongoSession {
                     .raise_read_seq(&user, &conv, seq)
                     .await
                     .map_or_else(refused, |_| MongoResp::Ok),
+                MongoReq::RecordSeqs(conv, entries, now) => store
+                    .record_seqs(&conv, entries, now)
+                    .await
+                    .map_or_else(refused, MongoResp::Entries),
+                MongoReq::RecordedSeqs(conv, ids) => store
+                    .recorded_seqs(&conv, ids)
+                    .await
+                    .map_or_else(refused, MongoResp::Entries),
                 MongoReq::ReadSeq(user, conv) => store
                     .read_seq(&user, &conv)
                     .map_or_else(refused, MongoResp::Seq),
@@ -197,6 +211,35 @@ impl DocStore for RemoteStore {
         slots: Vec<SlotWrite>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.ok(MongoReq::WriteBucket(doc_id, slots)))
+    }
+
+    fn record_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        entries: Vec<(String, i64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            let req = MongoReq::RecordSeqs(conversation_id.into(), entries, now_ms);
+            match self.call(req).await? {
+                MongoResp::Entries(e) => Ok(e),
+                a => Err(unexpected(a)),
+            }
+        })
+    }
+
+    fn recorded_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        client_msg_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            let req = MongoReq::RecordedSeqs(conversation_id.into(), client_msg_ids);
+            match self.call(req).await? {
+                MongoResp::Entries(e) => Ok(e),
+                a => Err(unexpected(a)),
+            }
+        })
     }
 
     fn raise_read_seq<'a>(

@@ -77,6 +77,14 @@ impl RedisHost {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Loses everything, primary and replica (both restarted without
+    /// persistence): keys and loaded scripts.
+    pub fn wipe(&self) {
+        self.engine.lock().flush();
+        *self.replica.lock() = Keyspace::new();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// What the checker reads from Redis.
     pub fn dump(&self, now_ms: i64) -> RedisDump {
         history::dump(&mut self.engine.lock(), now_ms)

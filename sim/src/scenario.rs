@@ -79,6 +79,9 @@ pub enum Mutant {
     /// new one if higher (OpenIM's `SetUserReadSeq`), so concurrent raises
     /// can move a read seq backwards.
     ReadThenWrite,
+    /// Dedup kept in Redis alone, without the ledger: after Redis loses
+    /// its data a redelivered message gets a second seq.
+    NoLedger,
 }
 
 impl Default for Options {
@@ -109,6 +112,8 @@ pub enum Kind {
     Bounce,
     /// Redis replica promoted, unreplicated writes lost.
     Failover,
+    /// Redis loses everything, primary and replica.
+    RedisWipe,
     /// Redis replication link cut for a while.
     ReplicationCut,
     /// Kafka acknowledgements lost after the append.
@@ -120,12 +125,13 @@ pub enum Kind {
 }
 
 /// Every fault kind.
-pub const KINDS: [Kind; 9] = [
+pub const KINDS: [Kind; 10] = [
     Kind::Partition,
     Kind::Hold,
     Kind::Crash,
     Kind::Bounce,
     Kind::Failover,
+    Kind::RedisWipe,
     Kind::ReplicationCut,
     Kind::KafkaLostAcks,
     Kind::MongoLostReplies,
@@ -158,6 +164,7 @@ impl Kind {
             Kind::Crash => "crash",
             Kind::Bounce => "bounce",
             Kind::Failover => "failover",
+            Kind::RedisWipe => "redis-wipe",
             Kind::ReplicationCut => "replication-cut",
             Kind::KafkaLostAcks => "kafka-lost-acks",
             Kind::MongoLostReplies => "mongo-lost-replies",
@@ -230,6 +237,8 @@ pub enum Event {
     Bounce(&'static str),
     /// Promote the Redis replica.
     Failover,
+    /// Lose all of Redis.
+    Wipe,
     /// Cut Redis replication.
     CutReplication,
     /// Restore Redis replication.
@@ -244,6 +253,7 @@ impl Event {
             Event::Crash(_) => "crash",
             Event::Bounce(_) => "bounce",
             Event::Failover => "redis_failover",
+            Event::Wipe => "redis_wipe",
             Event::CutReplication => "replication_cut",
             _ => return None,
         })
@@ -286,6 +296,7 @@ impl Plan {
                 }
                 Kind::Bounce => ev.push((t, Event::Bounce(s))),
                 Kind::Failover => ev.push((t, Event::Failover)),
+                Kind::RedisWipe => ev.push((t, Event::Wipe)),
                 Kind::ReplicationCut => {
                     ev.push((t, Event::CutReplication));
                     ev.push((end, Event::RestoreReplication));
@@ -418,6 +429,7 @@ fn service_config(mutant: Option<Mutant>) -> ServiceConfig {
         Some(Mutant::CommitRegardless) => weak.give_up_on_failure = true,
         Some(Mutant::NoDedup) => weak.no_dedup = true,
         Some(Mutant::DropOver100) => weak.drop_over_100 = true,
+        Some(Mutant::NoLedger) => cfg.transfer.cache.ledger = false,
         Some(Mutant::NoFence | Mutant::ReadThenWrite) | None => {}
     }
     cfg.transfer.cache.wait_timeout_ms = 200;
@@ -597,7 +609,7 @@ pub fn run_faults(seed: u64, opts: &Options, faults: &[FaultSpec]) -> anyhow::Re
     let clock = Arc::new(SimClock);
     let topics = Topics::default();
     let log = EmbeddedLog::new(opts.partitions, kafka::MAX_RECORD_BYTES, clock);
-    let store = EmbeddedStore::new();
+    let store = EmbeddedStore::new().with_read_seq_log();
     let world = Arc::new(World {
         seed,
         broker: Broker::new(log.clone(), faults.clone()),
@@ -627,7 +639,9 @@ pub fn run_faults(seed: u64, opts: &Options, faults: &[FaultSpec]) -> anyhow::Re
         topic: topics.to_redis.clone(),
         start_ms: EPOCH_MS as i64,
     });
-    let chunk = if burst { 128 } else { 8 };
+    // Steady traffic is one record at a time, so there is always some in
+    // flight when a fault strikes.
+    let chunk = if burst { 128 } else { 1 };
     let chunks = workload.records.len().div_ceil(chunk).max(1) as u64;
     let pace = if burst {
         Duration::ZERO
@@ -781,6 +795,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &World, ev: &Event, crashed: &mut Ve
             }
         }
         Event::Failover => world.redis.failover(),
+        Event::Wipe => world.redis.wipe(),
         Event::CutReplication => world.redis.set_link(false),
         Event::RestoreReplication => world.redis.set_link(true),
     }

@@ -9,7 +9,12 @@
 //! - `msg {doc_id, msgs: [100 × {msg, revoke, del_list, is_read}]}`, unique
 //!   on `doc_id`;
 //! - `seq_user {user_id, conversation_id, min_seq, max_seq, read_seq}`,
-//!   unique on `(user_id, conversation_id)`.
+//!   unique on `(user_id, conversation_id)`;
+//! - ours: the dedup ledger, one collection per dedup window
+//!   `msgtransfer_dedup_<epoch>` (epoch = ms / window) of
+//!   `{_id: "<len>:<conv>:<clientMsgID>", seq, at}`. Lookups read the current
+//!   and the previous window's collection; older ones are dropped whole
+//!   (FerretDB v1 has no TTL indexes, and a drop costs nothing on either).
 //!
 //! Primary keys: documents this service creates carry an `_id` derived from
 //! their natural key (the `doc_id`, the `conversation_id`, or both IDs of a
@@ -36,22 +41,107 @@ use crate::ports::store::{DocStore, SlotWrite, StoreError};
 /// MongoDB's "duplicate key" error code.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// The ledger's collection name prefix.
+pub const LEDGER_PREFIX: &str = "msgtransfer_dedup_";
+
 /// The service's collections in one database.
 #[derive(Clone, Debug)]
 pub struct MongoStore {
+    db: Database,
     msg: Collection<Document>,
     seq: Collection<Document>,
     seq_user: Collection<Document>,
+    /// Length of one ledger collection's window, ms.
+    ledger_window_ms: i64,
+    /// The newest epoch whose older collections were dropped.
+    swept_epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl MongoStore {
     /// The store over `db` (OpenIM's default database is `openim_v3`).
     pub fn new(db: &Database) -> Self {
         Self {
+            db: db.clone(),
             msg: db.collection("msg"),
             seq: db.collection("seq"),
             seq_user: db.collection("seq_user"),
+            ledger_window_ms: 24 * 3600 * 1000,
+            swept_epoch: Default::default(),
         }
+    }
+
+    /// The same store with ledger windows of `window_ms` (the dedup
+    /// window; entries are then remembered for at least that long).
+    pub fn with_ledger_window(mut self, window_ms: i64) -> Self {
+        self.ledger_window_ms = window_ms.max(1);
+        self
+    }
+
+    fn ledger(&self, epoch: i64) -> Collection<Document> {
+        self.db.collection(&format!("{LEDGER_PREFIX}{epoch}"))
+    }
+
+    /// The names of the ledger's collections (filtered here: FerretDB v1
+    /// may not filter `listCollections` by a pattern).
+    async fn ledger_collections(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = self.db.list_collection_names().await.map_err(classify)?;
+        names.retain(|n| n.starts_with(LEDGER_PREFIX));
+        Ok(names)
+    }
+
+    /// Drops the ledger collections older than the previous window, once
+    /// per window.
+    async fn sweep_ledger(&self, epoch: i64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.swept_epoch.load(Ordering::Relaxed) >= epoch {
+            return Ok(());
+        }
+        for name in self.ledger_collections().await? {
+            let old = name
+                .strip_prefix(LEDGER_PREFIX)
+                .and_then(|e| e.parse::<i64>().ok())
+                .is_some_and(|e| e < epoch - 1);
+            if old {
+                self.db
+                    .collection::<Document>(&name)
+                    .drop()
+                    .await
+                    .map_err(classify)?;
+            }
+        }
+        self.swept_epoch.fetch_max(epoch, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The recorded seq of each of `ids` in the ledger of `epoch`.
+    async fn ledger_lookup(
+        &self,
+        epoch: i64,
+        conversation_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let ledger = self.ledger(epoch);
+        // One find by `_id` each: FerretDB v1 evaluates `_id` equality
+        // without parsing every document, `$in` it may not.
+        let finds = ids.iter().map(|id| {
+            let ledger = ledger.clone();
+            async move {
+                let found = ledger
+                    .find_one(doc! {"_id": ledger_id(conversation_id, id)})
+                    .await
+                    .map_err(classify)?;
+                Ok::<_, StoreError>(
+                    found
+                        .and_then(|d| as_i64(d.get("seq")))
+                        .map(|seq| (id.clone(), seq)),
+                )
+            }
+        });
+        Ok(futures::future::try_join_all(finds)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// Connects to `uri` and uses `database`. The driver connects lazily;
@@ -136,6 +226,25 @@ pub fn seq_user_id(user_id: &str, conversation_id: &str) -> String {
     format!("{}:{conversation_id}:{user_id}", conversation_id.len())
 }
 
+/// The `_id` of a ledger entry: the conversation with its length in front
+/// (as [`seq_user_id`]), then the `clientMsgID`.
+pub fn ledger_id(conversation_id: &str, client_msg_id: &str) -> String {
+    format!(
+        "{}:{conversation_id}:{client_msg_id}",
+        conversation_id.len()
+    )
+}
+
+/// A BSON number as an `i64` (Mongo and FerretDB may store any of these).
+pub fn as_i64(v: Option<&Bson>) -> Option<i64> {
+    match v? {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
+
 fn empty_slot(msg: Bson) -> Bson {
     Bson::Document(doc! {
         "msg": msg,
@@ -148,6 +257,10 @@ fn empty_slot(msg: Bson) -> Bson {
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == DUPLICATE_KEY)),
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
         // FerretDB v1 answers a duplicate key in an upsert with a reply the
         // driver cannot parse (no `n`); the error then carries the raw
@@ -277,6 +390,82 @@ impl DocStore for MongoStore {
         slots: Vec<SlotWrite>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.write_bucket_inner(doc_id, slots))
+    }
+
+    fn record_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        entries: Vec<(String, i64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            let epoch = now_ms / self.ledger_window_ms;
+            self.sweep_ledger(epoch).await?;
+            let docs: Vec<Document> = entries
+                .iter()
+                .map(|(id, seq)| {
+                    doc! {"_id": ledger_id(conversation_id, id), "seq": *seq, "at": now_ms}
+                })
+                .collect();
+            match self.ledger(epoch).insert_many(docs).ordered(false).await {
+                Ok(_) => return Ok(Vec::new()),
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(classify(e)),
+            }
+            // Some were recorded before (a redelivery, or another instance):
+            // read every entry back and compare.
+            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+            let recorded: std::collections::BTreeMap<String, i64> = self
+                .ledger_lookup(epoch, conversation_id, &ids)
+                .await?
+                .into_iter()
+                .collect();
+            let mut conflicts = Vec::new();
+            for (id, seq) in entries {
+                match recorded.get(&id) {
+                    Some(r) if *r == seq => {}
+                    Some(r) => conflicts.push((id, *r)),
+                    None => {
+                        return Err(StoreError::Unavailable(format!(
+                            "ledger entry {id} of {conversation_id} neither inserted nor found"
+                        )));
+                    }
+                }
+            }
+            Ok(conflicts)
+        })
+    }
+
+    fn recorded_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        client_msg_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            // The epoch is the caller's clock's; the store has none. Every
+            // ledger collection still present is read, newest first: at
+            // most the current and the previous window are kept.
+            let names = self.ledger_collections().await?;
+            let mut epochs: Vec<i64> = names
+                .iter()
+                .filter_map(|n| n.strip_prefix(LEDGER_PREFIX)?.parse().ok())
+                .collect();
+            epochs.sort_unstable_by(|a, b| b.cmp(a));
+            let mut found: Vec<(String, i64)> = Vec::new();
+            let mut missing = client_msg_ids;
+            for epoch in epochs {
+                if missing.is_empty() {
+                    break;
+                }
+                let hits = self.ledger_lookup(epoch, conversation_id, &missing).await?;
+                missing.retain(|id| !hits.iter().any(|(h, _)| h == id));
+                found.extend(hits);
+            }
+            Ok(found)
+        })
     }
 
     fn raise_read_seq<'a>(

@@ -19,7 +19,11 @@
 -- ARGV[12] n, the number of messages
 -- ARGV[13] 1: write MSG_CACHE and SEQ_USER_READ here; 0: leave them to the
 --          caller (Redis Cluster, where those keys live in other slots)
--- ARGV[14..13+4n]  per message: clientMsgID, sender index (0 = none),
+-- ARGV[14] d: clientMsgIDs looked up in the durable ledger (Mongo) follow
+--          as d pairs (clientMsgID, seq), seq 0 = not recorded; -1 = the
+--          caller keeps no ledger (never ask for a lookup)
+-- ARGV[15..14+2d]  the looked-up pairs
+-- then per message (4 each): clientMsgID, sender index (0 = none),
 --                  cache JSON before the seq, cache JSON after the seq
 -- then the sender user IDs, indexed from 1.
 --
@@ -29,7 +33,17 @@
 --   {3, need}                   block exhausted, lock taken: reserve and retry
 --   {2}                         another refill holds the lock: wait, retry
 --   {4}                         our refill lost its lock: start over
+--   {5, i_1, ..., i_k}          Redis lost this conversation's history:
+--                               look messages i_1..i_k up in the ledger, retry
 -- Numbers are written with %d so large seqs never turn into 1e+15.
+--
+-- Recovery after Redis lost its data. A refill that finds MALLOC_SEQ
+-- missing while Mongo's seq document already had seqs (ARGV[5] > 0) means
+-- this Redis does not know what was handed out before (a restart without
+-- persistence, an expired key): the hash gets SUSPECT = now + one dedup
+-- window, and until then a message the dedup table does not know is looked
+-- up in the ledger before it may get a new seq. A seq from the ledger wins
+-- over the dedup table (the ledger is written before any seq is used).
 
 local malloc = KEYS[1]
 local conv = ARGV[1]
@@ -38,7 +52,12 @@ local token = ARGV[3]
 local mode = tonumber(ARGV[4])
 local n = tonumber(ARGV[12])
 local write_cache = ARGV[13] == '1'
-local base = 13
+local looked_n = tonumber(ARGV[14])
+local looked = {}
+for j = 1, math.max(looked_n, 0) do
+  looked[ARGV[13 + 2 * j]] = tonumber(ARGV[14 + 2 * j])
+end
+local base = 14 + 2 * math.max(looked_n, 0)
 local senders_at = base + 4 * n
 
 local function num(x) return string.format('%d', x) end
@@ -51,17 +70,44 @@ local cur_epoch = redis.call('HMGET', KEYS[2], unpack(ids))
 local prev_epoch = redis.call('HMGET', KEYS[3], unpack(ids))
 local seqs, hits, first_of = {}, {}, {}
 local need = 0
+local recall = {} -- ledger seqs the dedup table lacks or has wrong
+local misses = {} -- indices of new messages with an ID
 for i = 1, n do
   local id = ids[i]
   local known = cur_epoch[i] or prev_epoch[i]
-  if id ~= '' and known then
+  local durable = looked[id]
+  if id ~= '' and durable and durable > 0 then
+    seqs[i] = durable; hits[i] = 1
+    if tonumber(known) ~= durable and not first_of[id] then
+      first_of[id] = i
+      recall[#recall + 1] = id
+      recall[#recall + 1] = num(durable)
+    end
+  elseif id ~= '' and known then
     seqs[i] = tonumber(known); hits[i] = 1
   elseif id ~= '' and first_of[id] then
     hits[i] = 1 -- resolved after allocation
   else
     need = need + 1; hits[i] = 0
-    if id ~= '' then first_of[id] = i end
+    if id ~= '' then
+      first_of[id] = i
+      if looked[id] == nil then misses[#misses + 1] = i end
+    end
   end
+end
+if #recall > 0 then
+  redis.call('HSET', KEYS[2], unpack(recall))
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+
+-- Whether new messages must be looked up in the ledger first.
+local function unresolved()
+  if looked_n < 0 or #misses == 0 then return nil end
+  local until_ms = tonumber(redis.call('HGET', malloc, 'SUSPECT') or '0') or 0
+  if until_ms <= now then return nil end
+  local reply = {5}
+  for _, i in ipairs(misses) do reply[#reply + 1] = i end
+  return reply
 end
 
 -- 2. Allocation, compatible with OpenIM's MALLOC_SEQ protocol.
@@ -83,6 +129,10 @@ if need > 0 then
     end
     redis.call('HSET', malloc, 'CURR', num(curr), 'LAST', num(rbase + rblock))
     redis.call('HDEL', malloc, 'LOCK')
+    if mode == 1 and rbase > 0 then
+      local window = math.floor(tonumber(ARGV[7]) / 2)
+      redis.call('HSET', malloc, 'SUSPECT', num(now + window))
+    end
     h = {num(curr), num(rbase + rblock), false}
   elseif h[3] then
     return {2}
@@ -91,6 +141,8 @@ if need > 0 then
     redis.call('PEXPIRE', malloc, ARGV[9])
     return {1, need}
   end
+  local ask = unresolved()
+  if ask then return ask end
   local curr = tonumber(h[1]) or 0
   local last = tonumber(h[2]) or 0
   if curr + need > last then

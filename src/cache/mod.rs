@@ -25,6 +25,20 @@
 //! (`$inc max_seq`) before calling it again to install the block and finish.
 //! Every seq handed out comes from a Mongo reservation, so seqs stay unique
 //! across Redis restarts; the unused rest of a block is a gap, as in OpenIM.
+//!
+//! # Dedup that survives a Redis data loss
+//! The dedup table lives in Redis, so a Redis that comes back empty (no
+//! persistence, no surviving replica) would forget which messages already
+//! have a seq, and a redelivery would get a second one. So every assignment
+//! is also recorded in the store's ledger (`DocStore::record_seqs`) before
+//! [`assign`] returns, i.e. before any seq is used. A refill that finds
+//! `MALLOC_SEQ` gone while Mongo's `seq` document has history marks the
+//! conversation suspect for one dedup window (`SUSPECT` in the hash); while
+//! it is, the script asks for new messages to be looked up in the ledger
+//! (`DocStore::recorded_seqs`) before they may get a seq, and a recorded
+//! seq is given back. If the ledger already holds another seq for a message
+//! (the loss raced with another instance), the ledger's seq wins and the
+//! cache entry under ours is deleted.
 
 pub mod dump;
 
@@ -72,6 +86,11 @@ pub struct CacheConfig {
     /// slots than the allocator's: they are written next, one command per
     /// key, each routed to its own node (`put.lua`).
     pub cache_in_script: bool,
+    /// Keep the dedup ledger in the document store: every assignment is
+    /// recorded there before its seqs are used, and after Redis lost a
+    /// conversation's state, new messages are looked up there before they
+    /// get a seq. Without it, dedup does not survive a Redis data loss.
+    pub ledger: bool,
 }
 
 impl Default for CacheConfig {
@@ -88,6 +107,7 @@ impl Default for CacheConfig {
             wait_replicas: 0,
             wait_timeout_ms: 1000,
             cache_in_script: true,
+            ledger: true,
         }
     }
 }
@@ -109,6 +129,9 @@ pub enum CacheError {
     /// The script answered something it never answers.
     #[error("unexpected reply from assign script: {0:?}")]
     Protocol(Vec<i64>),
+    /// The ledger kept disagreeing with Redis about a message's seq.
+    #[error("ledger of {0} kept disagreeing with the dedup table")]
+    LedgerConflict(String),
     /// Fewer replicas than required confirmed the assignment in time.
     #[error("assignment reached {acked} of {wanted} replicas in time")]
     NotReplicated {
@@ -244,6 +267,11 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
     let mut refill: Option<Refill> = None;
     let mut lock_waits = 0u32;
     let mut wait = cfg.lock_wait_initial;
+    // clientMsgID → seq from the ledger (0: not recorded), passed to the
+    // script; and seqs of ours the ledger overruled, whose cache entries go.
+    let mut looked: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    let mut overruled: Vec<i64> = Vec::new();
+    let mut ledger_rounds = 0u32;
     loop {
         let now = clock.now_ms();
         let epoch = now / cfg.dedup_window_ms.max(1);
@@ -252,9 +280,10 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             .iter()
             .map(|it| it.json_prefix.len() + it.json_suffix.len() + it.client_msg_id.len() + 8)
             .sum();
+        let looked_bytes: usize = looked.keys().map(|k| k.len() + 20).sum();
         let mut cmd = redis::Cmd::with_capacity(
-            17 + 4 * items.len() + senders.len(),
-            json_bytes + 256 + 3 * conversation_id.len(),
+            18 + 2 * looked.len() + 4 * items.len() + senders.len(),
+            json_bytes + looked_bytes + 256 + 3 * conversation_id.len(),
         );
         cmd.arg("EVALSHA")
             .arg(ASSIGN_SHA.as_str())
@@ -275,6 +304,14 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             .arg(cfg.read_seq_ttl_s)
             .arg(items.len())
             .arg(u8::from(cfg.cache_in_script));
+        if cfg.ledger {
+            cmd.arg(looked.len());
+            for (id, seq) in &looked {
+                cmd.arg(id).arg(*seq);
+            }
+        } else {
+            cmd.arg(-1);
+        }
         for (it, who) in items.iter().zip(&sender_index) {
             if cfg.cache_in_script {
                 cmd.arg(it.client_msg_id)
@@ -337,6 +374,40 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                 if !cfg.cache_in_script {
                     put_each(conn, cfg, conversation_id, items, &seqs).await?;
                 }
+                if cfg.ledger {
+                    let mut entries: Vec<(String, i64)> = items
+                        .iter()
+                        .zip(&seqs)
+                        .filter(|(it, _)| !it.client_msg_id.is_empty())
+                        .map(|(it, seq)| (it.client_msg_id.to_string(), *seq))
+                        .collect();
+                    entries.sort();
+                    entries.dedup();
+                    let conflicts = store.record_seqs(conversation_id, entries, now).await?;
+                    if !conflicts.is_empty() {
+                        // Another instance used these messages' seqs before
+                        // Redis lost them: theirs stand, ours are dropped.
+                        ledger_rounds += 1;
+                        if ledger_rounds > 3 {
+                            return Err(CacheError::LedgerConflict(conversation_id.to_string()));
+                        }
+                        for (id, theirs) in conflicts {
+                            if let Some(i) = items.iter().position(|it| it.client_msg_id == id) {
+                                overruled.push(seqs[i]);
+                            }
+                            looked.insert(id, theirs);
+                        }
+                        refill = None;
+                        continue;
+                    }
+                }
+                overruled.retain(|s| !seqs.contains(s));
+                for seq in overruled.drain(..) {
+                    redis::cmd("DEL")
+                        .arg(msg_cache_key(conversation_id, seq))
+                        .query_async::<()>(conn)
+                        .await?;
+                }
                 return Ok(Assignment {
                     prev: reply[1],
                     seqs,
@@ -356,6 +427,30 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                 }
                 clock.sleep(wait).await;
                 wait = (wait * 2).min(cfg.lock_wait_max);
+                refill = None;
+            }
+            Some(5) => {
+                // Redis lost this conversation's history: look the new
+                // messages up in the ledger, then ask again.
+                ledger_rounds += 1;
+                if ledger_rounds > 3 + items.len() as u32 {
+                    return Err(CacheError::LedgerConflict(conversation_id.to_string()));
+                }
+                let mut ids = Vec::with_capacity(reply.len() - 1);
+                for i in &reply[1..] {
+                    let it = usize::try_from(*i - 1)
+                        .ok()
+                        .and_then(|i| items.get(i))
+                        .ok_or_else(|| CacheError::Protocol(reply.clone()))?;
+                    ids.push(it.client_msg_id.to_string());
+                }
+                let found = store.recorded_seqs(conversation_id, ids.clone()).await?;
+                for id in ids {
+                    looked.entry(id).or_insert(0);
+                }
+                for (id, seq) in found {
+                    looked.insert(id, seq);
+                }
                 refill = None;
             }
             Some(4) => {

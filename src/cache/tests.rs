@@ -154,6 +154,8 @@ async fn redelivered_messages_get_their_first_seq_back() {
 async fn dedup_holds_for_one_window_and_lapses_after_two() {
     let mut f = fixture();
     f.cfg.dedup_window_ms = 60_000;
+    // The ledger keeps the same windows (the daemon sets both from one knob).
+    f.store = EmbeddedStore::new().with_ledger_window(60_000);
     f.assign("si_a_b", &["m1"], None).await;
     f.clock.advance(Duration::from_millis(59_000));
     assert_eq!(f.assign("si_a_b", &["m1"], None).await.seqs, vec![1]);
@@ -230,6 +232,89 @@ async fn redis_data_loss_never_reuses_a_seq() {
         vec![53],
         "the next block starts above Mongo's max_seq"
     );
+}
+
+async fn flushall(f: &mut Fixture) {
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dedup_survives_a_redis_data_loss_through_the_ledger() {
+    let mut f = fixture();
+    let first = f.assign("si_a_b", &["m1", "m2"], Some("a")).await;
+    assert_eq!(first.seqs, vec![1, 2]);
+    flushall(&mut f).await;
+    // m2 and m1 come again (a redelivery after the loss) with a new m3.
+    let again = f.assign("si_a_b", &["m2", "m3", "m1"], Some("a")).await;
+    assert_eq!(
+        again.seqs,
+        vec![2, 53, 1],
+        "recorded seqs back, m3 above the old block"
+    );
+    assert_eq!(again.hits, vec![true, false, true]);
+    assert!(
+        f.hget("MALLOC_SEQ:si_a_b", "SUSPECT").await.is_some(),
+        "the conversation is marked for ledger lookups"
+    );
+    // The dedup table learnt them back: the next time Redis answers alone.
+    let epoch = f.clock.now_ms() / f.cfg.dedup_window_ms;
+    assert_eq!(
+        f.hget(&dedup_key("si_a_b", epoch), "m1").await.as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_the_ledger_a_redis_data_loss_forgets_dedup() {
+    let mut f = fixture();
+    f.cfg.ledger = false;
+    f.assign("si_a_b", &["m1"], None).await;
+    flushall(&mut f).await;
+    let again = f.assign("si_a_b", &["m1"], None).await;
+    assert_eq!(
+        again.seqs,
+        vec![52],
+        "a second seq: what the ledger prevents"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_conversation_needs_no_ledger_lookup() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m1"], None).await;
+    assert_eq!(f.hget("MALLOC_SEQ:si_a_b", "SUSPECT").await, None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_ledger_overrules_a_seq_redis_handed_out_twice() {
+    let mut f = fixture();
+    f.assign("si_a_b", &["m0"], None).await;
+    // Another instance gave m1 seq 2 and recorded it, then Redis lost that
+    // before this instance, not yet suspecting anything, asks for m1.
+    let conflicts = f
+        .store
+        .record_seqs("si_a_b", vec![("m1".into(), 2)], f.clock.now_ms())
+        .await
+        .unwrap();
+    assert!(conflicts.is_empty());
+    let _: () = redis::cmd("HSET")
+        .arg("MALLOC_SEQ:si_a_b")
+        .arg("CURR")
+        .arg(2)
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let a = f.assign("si_a_b", &["m1"], None).await;
+    assert_eq!(a.seqs, vec![2], "the recorded seq stands");
+    assert_eq!(
+        f.hget("MSG_CACHE:si_a_b:3", "value").await,
+        None,
+        "the cache entry under the overruled seq is gone"
+    );
+    assert!(f.hget("MSG_CACHE:si_a_b:2", "value").await.is_some());
 }
 
 #[test]

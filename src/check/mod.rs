@@ -17,7 +17,9 @@
 //! - **read seq above max**: a user's read seq beyond the conversation's max
 //!   seq; **read seq behind**: a user's read seq below what an input asked
 //!   for (the seq of the user's own stored chat message, a read receipt) —
-//!   a raise that was lost or overwritten by an older value.
+//!   a raise that was lost or overwritten by an older value — or, where
+//!   the store logs its writes, a read seq ever written back to a lower
+//!   value.
 //!
 //! A message is identified by `(conversation, clientMsgID)`. Observations
 //! whose outcome was unknown are simply observations: the checker never
@@ -85,6 +87,10 @@ pub struct History {
     pub cached: Vec<Seen>,
     /// Final read seqs: `(user, conversation, read_seq, where)`.
     pub read_seqs: Vec<(String, String, i64, &'static str)>,
+    /// Every Mongo read seq value written, `(user, conversation, value)` in
+    /// write order, where the store can tell (the simulator's); empty
+    /// otherwise. A value below an earlier one is a read seq moving back.
+    pub read_seq_writes: Vec<(String, String, i64)>,
     /// Max seq per conversation (Redis `CURR`, or Mongo's highest slot).
     pub max_seqs: BTreeMap<String, i64>,
     /// The outputs hold other traffic too (a shared production system):
@@ -324,6 +330,17 @@ pub fn check(h: &History) -> Report {
         }
     }
     read_seq_floors(h, &seqs_of, &mut r);
+    let mut last: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (user, conv, value) in &h.read_seq_writes {
+        let prev = last.entry((user, conv)).or_insert(*value);
+        if *value < *prev {
+            r.read_seq_behind += 1;
+            r.example(format!(
+                "read seq (mongo): {user} in {conv} written back from {prev} to {value}"
+            ));
+        }
+        *prev = (*prev).max(*value);
+    }
     r
 }
 

@@ -42,6 +42,7 @@ fn clean() -> History {
             ("v".into(), "c".into(), 1, "mongo"),
         ],
         max_seqs: [("c".to_string(), 2)].into_iter().collect(),
+        read_seq_writes: Vec::new(),
         open: false,
         cache_partial: false,
     }
@@ -132,6 +133,17 @@ fn catches_a_message_never_cached() {
     let mut h = clean();
     h.cached.remove(0);
     assert_eq!(check(&h).lost, 1);
+}
+
+#[test]
+fn catches_a_read_seq_written_back_even_if_raised_again_later() {
+    let mut h = clean();
+    for v in [1, 2, 1, 2] {
+        h.read_seq_writes.push(("u".into(), "c".into(), v));
+    }
+    h.read_seq_writes.push(("v".into(), "c".into(), 1));
+    let r = check(&h);
+    assert_eq!((r.read_seq_behind, r.anomalies()), (1, 1), "{r:?}");
 }
 
 #[test]

@@ -196,6 +196,10 @@ pub fn collect(
         if misplaced_slot(index, slot, m.seq) {
             misplaced += 1;
         }
+        // The highest persisted seq counts as a max seq too (Redis may
+        // have lost its `CURR`), as `audit` counts it.
+        let max = h.max_seqs.entry(conv.to_string()).or_insert(0);
+        *max = (*max).max(m.seq);
         h.persisted.push(Seen {
             conversation_id: conv.to_string(),
             client_msg_id: m.client_msg_id.clone(),
@@ -206,5 +210,6 @@ pub fn collect(
     for ((user, conv), read) in store.read_seqs() {
         h.read_seqs.push((user, conv, read, "mongo"));
     }
+    h.read_seq_writes = store.read_seq_log();
     (h, misplaced)
 }

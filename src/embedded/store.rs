@@ -5,6 +5,9 @@
 //! `(user_id, conversation_id)`. `reserve_seqs` is an atomic `$inc` with
 //! upsert; `write_bucket` sets `msgs.N.msg` on an existing bucket and creates
 //! a missing one with all 100 slots; `raise_read_seq` is `$max` with upsert.
+//! The dedup ledger is kept as the real store keeps it: one table per
+//! window (`now / window`), unique by `(conversation, clientMsgID)` within
+//! it, the current and the previous window kept, older ones dropped.
 //! A [`FaultPlan`](super::FaultPlan) can lose requests or answers.
 
 use std::collections::BTreeMap;
@@ -48,21 +51,66 @@ struct State {
     seq: FxHashMap<String, SeqDoc>,
     msg: FxHashMap<String, Vec<Slot>>,
     seq_user: FxHashMap<(String, String), i64>,
+    ledger: BTreeMap<i64, FxHashMap<(String, String), i64>>,
+    /// Every `seq_user.read_seq` value written, in order, when kept.
+    read_seq_log: Option<Vec<(String, String, i64)>>,
     ops: u64,
 }
 
+impl State {
+    fn write_read_seq(&mut self, user_id: &str, conversation_id: &str, seq: i64) {
+        self.seq_user
+            .insert((user_id.to_string(), conversation_id.to_string()), seq);
+        if let Some(log) = &mut self.read_seq_log {
+            log.push((user_id.to_string(), conversation_id.to_string(), seq));
+        }
+    }
+}
+
 /// The embedded store. Cloning gives another handle to the same data.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct EmbeddedStore {
     state: Arc<Mutex<State>>,
     faults: Option<Arc<FaultPlan>>,
     observer: Option<Arc<WriteObserver>>,
+    ledger_window_ms: i64,
+}
+
+impl Default for EmbeddedStore {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            faults: None,
+            observer: None,
+            ledger_window_ms: 24 * 3600 * 1000,
+        }
+    }
 }
 
 impl EmbeddedStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store with ledger windows of `window_ms` (the dedup
+    /// window).
+    pub fn with_ledger_window(mut self, window_ms: i64) -> Self {
+        self.ledger_window_ms = window_ms.max(1);
+        self
+    }
+
+    /// The same store, keeping every `read_seq` value it writes in order
+    /// (see [`Self::read_seq_log`]).
+    pub fn with_read_seq_log(self) -> Self {
+        self.state.lock().read_seq_log = Some(Vec::new());
+        self
+    }
+
+    /// Every `read_seq` value written, as `(user, conversation, value)` in
+    /// write order (empty unless [`Self::with_read_seq_log`]).
+    pub fn read_seq_log(&self) -> Vec<(String, String, i64)> {
+        self.state.lock().read_seq_log.clone().unwrap_or_default()
     }
 
     /// The same store, failing as `plan` says.
@@ -149,10 +197,7 @@ impl EmbeddedStore {
         conversation_id: &str,
         seq: i64,
     ) -> Result<(), StoreError> {
-        self.run(|st| {
-            st.seq_user
-                .insert((user_id.to_string(), conversation_id.to_string()), seq);
-        })
+        self.run(|st| st.write_read_seq(user_id, conversation_id, seq))
     }
 
     /// Every `conversation → max_seq`, sorted.
@@ -214,6 +259,48 @@ impl DocStore for EmbeddedStore {
         Box::pin(std::future::ready(r.and_then(|x| x)))
     }
 
+    fn record_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        entries: Vec<(String, i64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        let epoch = now_ms / self.ledger_window_ms;
+        let r = self.run(|st| {
+            st.ledger.retain(|e, _| *e >= epoch - 1);
+            let table = st.ledger.entry(epoch).or_default();
+            let mut conflicts = Vec::new();
+            for (id, seq) in entries {
+                let recorded = *table
+                    .entry((conversation_id.to_string(), id.clone()))
+                    .or_insert(seq);
+                if recorded != seq {
+                    conflicts.push((id, recorded));
+                }
+            }
+            conflicts
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn recorded_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        client_msg_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
+        let r = self.run(|st| {
+            client_msg_ids
+                .into_iter()
+                .filter_map(|id| {
+                    let key = (conversation_id.to_string(), id);
+                    let seq = st.ledger.values().rev().find_map(|t| t.get(&key))?;
+                    Some((key.1, *seq))
+                })
+                .collect()
+        });
+        Box::pin(std::future::ready(r))
+    }
+
     fn raise_read_seq<'a>(
         &'a self,
         user_id: &'a str,
@@ -221,11 +308,10 @@ impl DocStore for EmbeddedStore {
         seq: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let r = self.run(|st| {
-            let e = st
-                .seq_user
-                .entry((user_id.to_string(), conversation_id.to_string()))
-                .or_insert(0);
-            *e = (*e).max(seq);
+            let key = (user_id.to_string(), conversation_id.to_string());
+            if st.seq_user.get(&key).is_none_or(|v| *v < seq) {
+                st.write_read_seq(user_id, conversation_id, seq);
+            }
         });
         Box::pin(std::future::ready(r))
     }

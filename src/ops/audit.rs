@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 
 use crate::backends::kafka::read_topic_to_end;
+use crate::backends::mongo::as_i64;
 use crate::check::{self, History, Input, Report, Seen};
 use crate::config::Config;
 use crate::domain::bucket;
@@ -46,15 +47,6 @@ impl AuditReport {
     /// Anomalies of every kind, misplaced entries included.
     pub fn anomalies(&self) -> u64 {
         self.check.anomalies() + self.misplaced
-    }
-}
-
-fn as_i64(v: Option<&Bson>) -> Option<i64> {
-    match v? {
-        Bson::Int64(v) => Some(*v),
-        Bson::Int32(v) => Some(i64::from(*v)),
-        Bson::Double(v) => Some(*v as i64),
-        _ => None,
     }
 }
 

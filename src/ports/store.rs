@@ -9,7 +9,10 @@
 //!   unique on `doc_id`; `write_bucket` sets `msgs.N.msg` of existing slots
 //!   and creates a missing bucket whole, so a redelivered write is harmless;
 //! - `seq_user`: `{user_id, conversation_id, read_seq, …}`, unique on the
-//!   pair; `raise_read_seq` is `$max` with upsert, atomic and never backwards.
+//!   pair; `raise_read_seq` is `$max` with upsert, atomic and never backwards;
+//! - the dedup ledger (ours, not OpenIM's): which seq each `(conversation,
+//!   clientMsgID)` got, so dedup survives a Redis that lost its data
+//!   (`crate::cache`). Entries are remembered for at least one dedup window.
 
 use super::BoxFuture;
 use crate::domain::model::MsgDataModel;
@@ -50,6 +53,26 @@ pub trait DocStore: Send + Sync + 'static {
         doc_id: String,
         slots: Vec<SlotWrite>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records in the dedup ledger that these messages of `conversation_id`
+    /// got these seqs (`(clientMsgID, seq)`, at `now_ms`). An entry already
+    /// recorded with the same seq is fine (a redelivery); one recorded with
+    /// another seq is kept and returned as `(clientMsgID, recorded seq)`.
+    fn record_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        entries: Vec<(String, i64)>,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>>;
+
+    /// The ledger's seqs of these `clientMsgID`s of `conversation_id`, as
+    /// `(clientMsgID, seq)` for those recorded (within the last dedup
+    /// window at least).
+    fn recorded_seqs<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        client_msg_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>>;
 
     /// Raises `read_seq` of `(user_id, conversation_id)` to at least `seq`.
     fn raise_read_seq<'a>(
