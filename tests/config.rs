@@ -206,9 +206,17 @@ fn service_config_carries_the_knobs() {
         "staticMembership",
         "staticMembership: true",
     );
+    assert!(s.transfer.cache.ledger, "the dedup ledger is on as shipped");
+    f.set(
+        "openim-msgtransfer.yml",
+        "dedupLedger",
+        "dedupLedger: false",
+    );
     let t = f.load().unwrap().tuning;
     assert_eq!(t.session_timeout, Duration::from_secs(6));
     assert!(t.static_membership);
+    assert!(!t.dedup_ledger);
+    assert!(!f.load().unwrap().service_config().transfer.cache.ledger);
     assert_eq!(s.transfer.backoff.max, Duration::from_secs(30));
     assert_eq!(s.transfer_loop.backoff.max, Duration::from_secs(30));
 }

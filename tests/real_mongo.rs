@@ -440,3 +440,40 @@ async fn the_dedup_ledger_records_once_reports_conflicts_and_drops_old_windows()
     assert_eq!(names.len(), 2, "{names:?}");
     db.drop().await.unwrap();
 }
+
+/// Many raises of one read seq at once (a receipt batch and the sender's
+/// own messages race like this): the highest one must stand. FerretDB v1
+/// applies `$max` as read-modify-write, so without the read-back in
+/// `raise_read_seq` a lower raise can overwrite a higher one (the bench's
+/// audit caught one such read seq behind).
+#[tokio::test]
+async fn concurrent_raises_of_one_read_seq_leave_the_highest() {
+    let db = support::mongo_db("raises").await;
+    let store = Arc::new(MongoStore::new(&db));
+    store.ensure_indexes().await.unwrap();
+    for round in 0..5_i64 {
+        let user = format!("u{round}");
+        let raises = (1..=40_i64).map(|seq| {
+            let store = store.clone();
+            let user = user.clone();
+            // Spread the seqs so that lower ones often land last.
+            let seq = (seq * 17) % 41;
+            tokio::spawn(async move { store.raise_read_seq(&user, "si_r", seq).await })
+        });
+        for r in futures::future::join_all(raises).await {
+            r.unwrap().unwrap();
+        }
+        let doc = db
+            .collection::<Document>("seq_user")
+            .find_one(doc! {"user_id": &user, "conversation_id": "si_r"})
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            doc.get_i64("read_seq").unwrap(),
+            40,
+            "round {round}: {doc:?}"
+        );
+    }
+    db.drop().await.unwrap();
+}

@@ -475,13 +475,18 @@ impl DocStore for MongoStore {
         seq: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            // $max is atomic and never moves the read seq backwards.
+            // $max never moves the read seq backwards on MongoDB, where it is
+            // atomic. FerretDB v1 applies it as read-modify-write, so of two
+            // concurrent raises the lower can land last: every raise reads
+            // the value back and raises again until it holds at least `seq`.
             let raise = doc! {"$max": {"read_seq": seq}};
-            for _ in 0..3 {
+            let by_id_filter = doc! {"_id": seq_user_id(user_id, conversation_id)};
+            let by_key_filter = doc! {"user_id": user_id, "conversation_id": conversation_id};
+            for _ in 0..8 {
                 let by_id = self
                     .seq_user
                     .update_one(
-                        doc! {"_id": seq_user_id(user_id, conversation_id)},
+                        by_id_filter.clone(),
                         doc! {
                             "$max": {"read_seq": seq},
                             "$setOnInsert": {
@@ -494,25 +499,34 @@ impl DocStore for MongoStore {
                     )
                     .upsert(true)
                     .await;
-                match by_id {
-                    Ok(_) => return Ok(()),
-                    Err(e) if is_duplicate_key(&e) => {}
+                let filter = match by_id {
+                    Ok(_) => &by_id_filter,
+                    Err(e) if is_duplicate_key(&e) => {
+                        // A document OpenIM created, with its own `_id`.
+                        let legacy = self
+                            .seq_user
+                            .update_one(by_key_filter.clone(), raise.clone())
+                            .await
+                            .map_err(classify)?;
+                        if legacy.matched_count == 0 {
+                            continue;
+                        }
+                        &by_key_filter
+                    }
                     Err(e) => return Err(classify(e)),
-                }
-                let legacy = self
+                };
+                let now = self
                     .seq_user
-                    .update_one(
-                        doc! {"user_id": user_id, "conversation_id": conversation_id},
-                        raise.clone(),
-                    )
+                    .find_one(filter.clone())
                     .await
-                    .map_err(classify)?;
-                if legacy.matched_count > 0 {
+                    .map_err(classify)?
+                    .and_then(|d| as_i64(d.get("read_seq")));
+                if now.is_some_and(|v| v >= seq) {
                     return Ok(());
                 }
             }
             Err(StoreError::Unavailable(format!(
-                "read seq of {user_id} in {conversation_id} neither updatable nor insertable"
+                "read seq of {user_id} in {conversation_id} did not reach {seq}"
             )))
         })
     }

@@ -386,6 +386,10 @@ pub struct Tuning {
     /// `dedupWindow`: how long a `clientMsgID` keeps its seq for redeliveries
     /// (default 24h; at least 1ms).
     pub dedup_window: Duration,
+    /// `dedupLedger`: record every seq assignment in Mongo before its seqs
+    /// are used, so dedup survives a Redis that lost its data (default
+    /// true; one insert per conversation batch).
+    pub dedup_ledger: bool,
     /// `sessionTimeout`: how long the Kafka group coordinator waits for a
     /// silent member (a killed process) before handing its partitions to
     /// the others (default 10s; 1s to 1h, within the broker's
@@ -429,6 +433,7 @@ impl Default for Tuning {
             commit_interval: service.transfer_loop.commit_interval,
             drain_timeout: Duration::from_secs(7),
             dedup_window: Duration::from_millis(service.transfer.cache.dedup_window_ms as u64),
+            dedup_ledger: service.transfer.cache.ledger,
             session_timeout: Duration::from_secs(10),
             static_membership: false,
             redis_wait_replicas: None,
@@ -466,6 +471,7 @@ impl Config {
                 wait_timeout_ms: u64::try_from(t.redis_wait_timeout.as_millis())
                     .unwrap_or(u64::MAX),
                 cache_in_script: !matches!(self.redis.mode, RedisMode::Cluster),
+                ledger: t.dedup_ledger,
                 ..base.transfer.cache
             },
             backoff: t.retry_backoff.clone(),
@@ -653,6 +659,7 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
         )?,
         drain_timeout: duration(v, "drainTimeout", d.drain_timeout, Duration::ZERO)?,
         dedup_window: duration(v, "dedupWindow", d.dedup_window, Duration::from_millis(1))?,
+        dedup_ledger: v.bool("dedupLedger").unwrap_or(d.dedup_ledger),
         session_timeout,
         static_membership: v.bool("staticMembership").unwrap_or(d.static_membership),
         redis_wait_replicas: match v.int("redisWaitReplicas") {

@@ -96,6 +96,7 @@ pub(crate) const RUST_TRANSFER: &[Field] = &[
     f("commitInterval", Duration),
     f("drainTimeout", Duration),
     f("dedupWindow", Duration),
+    f("dedupLedger", Bool),
     f("sessionTimeout", Duration),
     f("staticMembership", Bool),
     f("redisWaitReplicas", Int),
