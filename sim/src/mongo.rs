@@ -171,6 +171,13 @@ impl RemoteStore {
         }
     }
 
+    async fn entries(&self, req: MongoReq) -> Result<Vec<(String, i64)>, StoreError> {
+        match self.call(req).await? {
+            MongoResp::Entries(e) => Ok(e),
+            a => Err(unexpected(a)),
+        }
+    }
+
     async fn call(&self, req: MongoReq) -> Result<MongoResp, StoreError> {
         match rpc::answer(self.client.call(req, self.timeout)).await {
             Ok(MongoResp::Refused(m)) => Err(StoreError::Refused(m)),
@@ -219,13 +226,11 @@ impl DocStore for RemoteStore {
         entries: Vec<(String, i64)>,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
-        Box::pin(async move {
-            let req = MongoReq::RecordSeqs(conversation_id.into(), entries, now_ms);
-            match self.call(req).await? {
-                MongoResp::Entries(e) => Ok(e),
-                a => Err(unexpected(a)),
-            }
-        })
+        Box::pin(self.entries(MongoReq::RecordSeqs(
+            conversation_id.into(),
+            entries,
+            now_ms,
+        )))
     }
 
     fn recorded_seqs<'a>(
@@ -233,13 +238,10 @@ impl DocStore for RemoteStore {
         conversation_id: &'a str,
         client_msg_ids: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StoreError>> {
-        Box::pin(async move {
-            let req = MongoReq::RecordedSeqs(conversation_id.into(), client_msg_ids);
-            match self.call(req).await? {
-                MongoResp::Entries(e) => Ok(e),
-                a => Err(unexpected(a)),
-            }
-        })
+        Box::pin(self.entries(MongoReq::RecordedSeqs(
+            conversation_id.into(),
+            client_msg_ids,
+        )))
     }
 
     fn raise_read_seq<'a>(

@@ -308,9 +308,12 @@ impl DocStore for EmbeddedStore {
         seq: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let r = self.run(|st| {
+            // As before the write log: a missing document counts as 0.
             let key = (user_id.to_string(), conversation_id.to_string());
-            if st.seq_user.get(&key).is_none_or(|v| *v < seq) {
-                st.write_read_seq(user_id, conversation_id, seq);
+            let current = st.seq_user.get(&key).copied();
+            let raised = current.unwrap_or(0).max(seq);
+            if current != Some(raised) {
+                st.write_read_seq(user_id, conversation_id, raised);
             }
         });
         Box::pin(std::future::ready(r))
