@@ -55,7 +55,13 @@ pub struct MongoStore {
     ledger_window_ms: i64,
     /// The newest epoch whose older collections were dropped.
     swept_epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Raises of one read seq take turns within this process (a key maps
+    /// to one of these by hash): see `raise_read_seq`.
+    read_seq_turns: std::sync::Arc<[tokio::sync::Mutex<()>; READ_SEQ_TURNS]>,
 }
+
+/// Stripes of [`MongoStore::read_seq_turns`].
+const READ_SEQ_TURNS: usize = 64;
 
 impl MongoStore {
     /// The store over `db` (OpenIM's default database is `openim_v3`).
@@ -67,6 +73,9 @@ impl MongoStore {
             seq_user: db.collection("seq_user"),
             ledger_window_ms: 24 * 3600 * 1000,
             swept_epoch: Default::default(),
+            read_seq_turns: std::sync::Arc::new(std::array::from_fn(|_| {
+                tokio::sync::Mutex::new(())
+            })),
         }
     }
 
@@ -477,8 +486,18 @@ impl DocStore for MongoStore {
         Box::pin(async move {
             // $max never moves the read seq backwards on MongoDB, where it is
             // atomic. FerretDB v1 applies it as read-modify-write, so of two
-            // concurrent raises the lower can land last: every raise reads
-            // the value back and raises again until it holds at least `seq`.
+            // concurrent raises the lower can land last. Raises of one key
+            // from this process therefore take turns; and every raise reads
+            // the value back and raises again until it holds at least `seq`,
+            // which repairs most overlaps with other processes (not all: a
+            // lower write can still land after the read-back there).
+            let stripe = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (user_id, conversation_id).hash(&mut h);
+                (h.finish() % READ_SEQ_TURNS as u64) as usize
+            };
+            let _turn = self.read_seq_turns[stripe].lock().await;
             let raise = doc! {"$max": {"read_seq": seq}};
             let by_id_filter = doc! {"_id": seq_user_id(user_id, conversation_id)};
             let by_key_filter = doc! {"user_id": user_id, "conversation_id": conversation_id};
