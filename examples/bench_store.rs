@@ -23,7 +23,11 @@ use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::ports::DocStore;
 use msgtransfer::ports::clock::{Clock, SystemClock};
 
-fn message(conv: usize, seq: i64) -> MsgDataModel {
+fn message(conv: usize, seq: i64) -> std::sync::Arc<MsgDataModel> {
+    std::sync::Arc::new(message_model(conv, seq))
+}
+
+fn message_model(conv: usize, seq: i64) -> MsgDataModel {
     let words = " lorem".repeat(12);
     MsgDataModel {
         send_id: format!("u{conv}"),

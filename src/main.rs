@@ -140,6 +140,172 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The dead-letter topic: list what the service refused, and put
+    /// chosen records back once the cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show the dead-letter records: position, source, time, size, reason.
+    List {
+        /// OpenIM config folder.
+        #[arg(short = 'c', long = "config_folder_path", alias = "config")]
+        config: std::path::PathBuf,
+        #[command(flatten)]
+        select: DlqSelect,
+        /// One JSON object per record instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce chosen dead-letter records again, with their original key,
+    /// value and headers, into the topic they were read from (toRedis, or
+    /// toMongo for a refused persistence record). A message processed
+    /// before keeps its seq (dedup), so a record replayed twice is stored
+    /// once.
+    Replay {
+        /// OpenIM config folder.
+        #[arg(short = 'c', long = "config_folder_path", alias = "config")]
+        config: std::path::PathBuf,
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Replay every record the other options select (without it, at
+        /// least one --at is required).
+        #[arg(long)]
+        all: bool,
+        /// Show what would be replayed; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    /// A record's position in the dead-letter topic, PARTITION:OFFSET (as
+    /// `dlq list` prints it); repeatable.
+    #[arg(long = "at", value_parser = msgtransfer::ops::dlq::parse_position)]
+    at: Vec<(i32, i64)>,
+    /// Only records whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl DlqSelect {
+    fn selection(&self) -> msgtransfer::ops::dlq::Selection {
+        msgtransfer::ops::dlq::Selection {
+            at: self.at.clone(),
+            reason_contains: self.reason.clone(),
+        }
+    }
+}
+
+/// Reads the dead-letter topic named in `dir`'s config and returns the
+/// records `select` picks, with the config.
+fn read_dead_letters(
+    rt: &tokio::runtime::Runtime,
+    cfg: &msgtransfer::config::Config,
+    select: &DlqSelect,
+) -> anyhow::Result<Vec<msgtransfer::ops::dlq::DeadLetter>> {
+    let settings = msgtransfer::daemon::kafka_settings(cfg)?;
+    let topic = cfg.tuning.dead_letter_topic.clone();
+    let parts = rt.block_on(msgtransfer::backends::kafka::read_topic_to_end(
+        &settings,
+        &topic,
+        |_| {},
+    ))?;
+    let records: Vec<_> = parts.into_values().flatten().collect();
+    Ok(msgtransfer::ops::dlq::select(&records, &select.selection()))
+}
+
+fn run_dlq(command: DlqCommand) -> ExitCode {
+    use msgtransfer::ops::dlq;
+    let (config, select) = match &command {
+        DlqCommand::List { config, select, .. } | DlqCommand::Replay { config, select, .. } => {
+            (config, select)
+        }
+    };
+    let (cfg, rt) = match (config_or_exit(config, 0), runtime()) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let letters = match read_dead_letters(&rt, &cfg, select) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: reading {}: {e:#}", cfg.tuning.dead_letter_topic);
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        DlqCommand::List { json, .. } => {
+            for d in &letters {
+                if json {
+                    println!("{}", d.json());
+                } else {
+                    println!("{}", d.line());
+                }
+            }
+            if !json {
+                eprintln!(
+                    "dlq: {} record(s) in {}",
+                    letters.len(),
+                    cfg.tuning.dead_letter_topic
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Replay {
+            all,
+            dry_run,
+            select,
+            ..
+        } => {
+            if !all && select.at.is_empty() {
+                eprintln!("error: name records with --at PARTITION:OFFSET, or pass --all");
+                return ExitCode::from(2);
+            }
+            if let Some(missing) = select
+                .at
+                .iter()
+                .find(|p| !letters.iter().any(|d| (d.partition, d.offset) == **p))
+            {
+                eprintln!(
+                    "error: no dead letter at {}:{} matches; nothing replayed",
+                    missing.0, missing.1
+                );
+                return ExitCode::from(2);
+            }
+            for d in &letters {
+                println!("{}", d.line());
+            }
+            if dry_run {
+                eprintln!(
+                    "dlq: dry run: {} record(s) would be replayed",
+                    letters.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            let inputs: Vec<std::sync::Arc<str>> = vec![
+                cfg.kafka.to_redis_topic.as_str().into(),
+                cfg.kafka.to_mongo_topic.as_str().into(),
+            ];
+            let result = msgtransfer::daemon::kafka_settings(&cfg)
+                .and_then(|s| Ok(msgtransfer::backends::kafka::KafkaProducer::new(&s)?))
+                .and_then(|p| Ok(rt.block_on(dlq::replay(&p, &letters, &inputs))?));
+            match result {
+                Ok(n) => {
+                    eprintln!("dlq: replayed {n} record(s)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -325,6 +491,7 @@ fn main() -> ExitCode {
     init_logs();
     match cli.command {
         Command::Run { .. } => unreachable!("handled above"),
+        Command::Dlq { command } => run_dlq(command),
         Command::Load {
             config,
             index,

@@ -96,6 +96,7 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
             metrics: w.metrics.clone(),
         },
         cfg.transfer.backoff.clone(),
+        cfg.transfer.limits.clone(),
     ));
     let transfer = Arc::new(Transfer::new(w, cfg.transfer.clone()));
     // One task per loop, so a multi-threaded runtime runs them in parallel.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use msgtransfer::config::{
     self, Compression, Config, ConfigError, LogFormat, ProducerAck, RedisMode, Tuning,
 };
+use msgtransfer::domain::limits::Limits;
 use msgtransfer::service::ServiceConfig;
 
 fn shipped() -> PathBuf {
@@ -380,6 +381,63 @@ fn unknown_fields_are_refused() {
         "webhooks.yml",
         None,
         "unknown field \"afterMsgSaveDb\" (did you mean \"afterMsgSaveDB\"?)",
+    );
+}
+
+#[test]
+fn limits_are_read_and_bad_ones_refused() {
+    let d = Limits::default();
+    let c = config::load(&shipped(), 0, &no_env()).unwrap();
+    assert_eq!(c.tuning.limits, d);
+    assert_eq!(c.service_config().transfer.limits, d);
+
+    let f = Folder::new();
+    f.set(
+        "openim-msgtransfer.yml",
+        "maxContentBytes",
+        "maxContentBytes: 2048",
+    )
+    .set("openim-msgtransfer.yml", "maxOptions", "maxOptions: 8")
+    .set(
+        "openim-msgtransfer.yml",
+        "producerMaxRecordBytes",
+        "producerMaxRecordBytes: 200000",
+    );
+    let l = f.load().unwrap().service_config().transfer.limits;
+    assert_eq!((l.content_bytes, l.options), (2048, 8));
+    // The record limit follows the producer's unless set.
+    assert_eq!(l.record_bytes, 200_000);
+
+    for (key, line, needle) in [
+        (
+            "maxContentBytes",
+            "maxContentBytes: 0",
+            "must be between 1 and",
+        ),
+        ("maxHeaders", "maxHeaders: 2", "must be between 4 and"),
+        (
+            "maxFieldBytes",
+            "maxFieldBytes: many",
+            "expected a whole number",
+        ),
+    ] {
+        let f = Folder::new();
+        f.set("openim-msgtransfer.yml", key, line);
+        let field = format!("rustTransfer.{key}");
+        assert_error(
+            &f.load_err(),
+            "openim-msgtransfer.yml",
+            Some(&field),
+            needle,
+        );
+    }
+    let f = Folder::new();
+    f.append("openim-msgtransfer.yml", "  maxRecordBytes: 100\n");
+    assert_error(
+        &f.load_err(),
+        "openim-msgtransfer.yml",
+        Some("rustTransfer.maxRecordBytes"),
+        "must be between 8192 and",
     );
 }
 

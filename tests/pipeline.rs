@@ -13,6 +13,7 @@ use msgtransfer::embedded::log::EmbeddedLog;
 use msgtransfer::embedded::redis::{EmbeddedRedis, Engine, shared_engine};
 use msgtransfer::embedded::store::EmbeddedStore;
 use msgtransfer::metrics::Metrics;
+use msgtransfer::ops::dlq;
 use msgtransfer::pipeline::consumer::dlq_header;
 use msgtransfer::ports::clock::ManualClock;
 use msgtransfer::ports::{Clock, LogConsumer, OutRecord, Record, SeededRng};
@@ -226,7 +227,7 @@ fn openim_vectors_flow_to_push_cache_and_mongo_with_openim_formats() {
 
     // Mongo: slot 0 of bucket 0, status sending → sent; sender read seq.
     let buckets = w.store.buckets();
-    let slot = *buckets["si_u100_u200:0"][0].msg.clone().unwrap();
+    let slot = (*buckets["si_u100_u200:0"][0].msg.clone().unwrap()).clone();
     assert_eq!(slot.client_msg_id, "c-0001");
     assert_eq!(slot.status, 2);
     assert_eq!(slot.content, "{\"content\":\"hi <b>&</b>\"}");
@@ -301,6 +302,142 @@ fn undecodable_records_and_unknown_session_types_go_to_the_dead_letter_topic() {
         .collect();
     assert_eq!(seqs, vec![1, 2]);
     assert_eq!(Metrics::get(&w.metrics.dlq_records), 2);
+}
+
+/// Every kind of bad input, between good records: each bad one ends in the
+/// dead-letter topic whole (or is processed, where OpenIM processes it), the
+/// records after it are unaffected, and every offset is committed. Then an
+/// operator raises the limit one of them broke and replays it: it is
+/// processed once, even when replayed twice.
+#[test]
+fn bad_input_goes_to_the_dead_letter_topic_and_a_replay_is_processed_once() {
+    let mut w = World::new(1_000_000);
+    w.cfg.transfer.limits.content_bytes = 2048;
+    w.send(&text("a", "b", "m1"), "op-1");
+    // A truncated protobuf.
+    let mut cut = text("a", "b", "m-trunc").encode_to_vec();
+    cut.truncate(cut.len() - 6); // inside `content`
+    assert!(MsgData::decode(cut.as_slice()).is_err());
+    w.send_raw(b"a_b".to_vec(), cut, "op-trunc");
+    // Over the content limit.
+    let mut big = text("a", "b", "m-big");
+    big.content = format!("{{\"content\":\"{}\"}}", "x".repeat(3000)).into_bytes();
+    w.send(&big, "op-big");
+    // Invalid UTF-8 in a string field.
+    let mut nick = text("a", "b", "m-utf8");
+    nick.sender_nickname = "NICKNAME".into();
+    let mut raw = nick.encode_to_vec();
+    let at = raw.windows(8).position(|x| x == b"NICKNAME").unwrap();
+    raw[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+    w.send_raw(b"a_b".to_vec(), raw, "op-utf8");
+    // A read receipt whose JSON is broken: OpenIM stores it and skips the
+    // read seq, and so do we.
+    let mut receipt = text("a", "b", "m-receipt");
+    receipt.content_type = 2200;
+    receipt.content = b"{\"detail\": \"{not json".to_vec();
+    w.send(&receipt, "op-receipt");
+    // An unknown session type.
+    let mut odd = text("a", "b", "m-odd");
+    odd.session_type = 9;
+    w.send_raw(b"a_b".to_vec(), odd.encode_to_vec(), "op-odd");
+    w.send(&text("a", "b", "m2"), "op-2");
+    w.run();
+
+    let t = w.cfg.transfer.topics.clone();
+    let letters = dlq::select(&w.records(&t.dlq), &dlq::Selection::default());
+    let summary: Vec<(i64, bool)> = letters
+        .iter()
+        .map(|d| (d.source_offset.unwrap(), d.source_topic == "toRedis"))
+        .collect();
+    assert_eq!(summary, vec![(1, true), (2, true), (3, true), (5, true)]);
+    let reasons: Vec<&str> = letters.iter().map(|d| d.reason.as_str()).collect();
+    assert!(
+        reasons[0].contains("not an sdkws.MsgData"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("over limit: content of message \"m-big\"")
+            && reasons[1].contains("maxContentBytes"),
+        "{}",
+        reasons[1]
+    );
+    assert!(reasons[2].contains("UTF-8"), "{}", reasons[2]);
+    assert!(reasons[3].contains("session type"), "{}", reasons[3]);
+    for d in &letters {
+        assert_eq!(d.headers.len(), 4, "the original headers travel along");
+        assert!(d.time_ms.is_some());
+    }
+    // Whole: the dead letter carries the refused bytes untouched.
+    assert_eq!(MsgData::decode(letters[1].value.as_ref()).unwrap(), big);
+
+    // The records around them were processed, in order, with no gaps.
+    let pushed = |w: &World| -> Vec<(String, i64)> {
+        w.records(&t.to_push)
+            .iter()
+            .map(|r| {
+                let m = PushMsgDataToMq::decode(r.value.as_ref())
+                    .unwrap()
+                    .msg_data
+                    .unwrap();
+                (m.client_msg_id, m.seq)
+            })
+            .collect()
+    };
+    let ids = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+        v.iter().map(|(i, s)| (i.to_string(), *s)).collect()
+    };
+    assert_eq!(pushed(&w), ids(&[("m1", 1), ("m-receipt", 2), ("m2", 3)]));
+    assert_eq!(w.log.lag("redis", &t.to_redis), 0, "every offset committed");
+    assert_eq!(w.log.lag("mongo", &t.to_mongo), 0);
+    assert_eq!(Metrics::get(&w.metrics.dlq_records), 4);
+
+    // The operator raises the limit and replays the refused record, twice.
+    w.cfg.transfer.limits.content_bytes = 1_000_000;
+    let over = dlq::Selection {
+        reason_contains: Some("over limit".into()),
+        ..Default::default()
+    };
+    let chosen = dlq::select(&w.records(&t.dlq), &over);
+    assert_eq!(chosen.len(), 1);
+    let inputs = [t.to_redis.clone(), t.to_mongo.clone()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let n = rt
+            .block_on(dlq::replay(&w.log.producer(), &chosen, &inputs))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    w.run();
+
+    let big_pushes: Vec<i64> = pushed(&w)
+        .into_iter()
+        .filter(|(id, _)| id == "m-big")
+        .map(|(_, seq)| seq)
+        .collect();
+    assert!(
+        !big_pushes.is_empty() && big_pushes.iter().all(|s| *s == 4),
+        "{big_pushes:?}"
+    );
+    let buckets = w.store.buckets();
+    let stored: Vec<(usize, String)> = buckets["si_a_b:0"]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.msg.as_ref().map(|m| (i, m.client_msg_id.clone())))
+        .collect();
+    let want: Vec<(usize, String)> = ["m1", "m-receipt", "m2", "m-big"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (i, id.to_string()))
+        .collect();
+    assert_eq!(
+        stored, want,
+        "the replayed message is stored once, at seq 4"
+    );
+    assert_eq!(w.records(&t.dlq).len(), 4, "nothing new was refused");
+    assert_eq!(w.log.lag("redis", &t.to_redis), 0);
 }
 
 #[test]

@@ -16,7 +16,11 @@ use msgtransfer::backends::mongo::MongoStore;
 use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::ports::DocStore;
 
-fn message(seq: i64, text: &str) -> MsgDataModel {
+fn message(seq: i64, text: &str) -> std::sync::Arc<MsgDataModel> {
+    std::sync::Arc::new(message_model(seq, text))
+}
+
+fn message_model(seq: i64, text: &str) -> MsgDataModel {
     MsgDataModel {
         send_id: "alice".into(),
         recv_id: "bob".into(),

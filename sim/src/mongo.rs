@@ -30,7 +30,7 @@ pub enum MongoReq {
     /// `reserve_seqs`.
     ReserveSeqs(String, i64),
     /// `write_bucket`.
-    WriteBucket(String, Vec<(usize, MsgDataModel)>),
+    WriteBucket(String, Vec<SlotWrite>),
     /// `raise_read_seq`.
     RaiseReadSeq(String, String, i64),
     /// `record_seqs`.

@@ -47,6 +47,7 @@ use std::time::Duration;
 pub use duration::parse_duration;
 
 use crate::cache::CacheConfig;
+use crate::domain::limits::Limits;
 use crate::pipeline::consumer::ConsumerConfig;
 use crate::pipeline::retry::Backoff;
 use crate::pipeline::transfer::{Topics, TransferConfig};
@@ -418,6 +419,12 @@ pub struct Tuning {
     /// `deadLetterTopic`: where refused records go (default
     /// `msgtransfer-dlq`); must differ from the other topics.
     pub dead_letter_topic: String,
+    /// Limits on input records (`maxRecordBytes`, default
+    /// `producerMaxRecordBytes`; `maxMessagesPerRecord`, `maxContentBytes`,
+    /// `maxFieldBytes`, `maxOptions`, `maxAtUsers`, `maxHeaders`,
+    /// `maxHeaderBytes`: see [`Limits`]). A record over any limit goes
+    /// whole to the dead-letter topic.
+    pub limits: Limits,
 }
 
 impl Default for Tuning {
@@ -441,6 +448,7 @@ impl Default for Tuning {
             retry_backoff: service.transfer.backoff,
             producer_max_record_bytes: 1_000_000,
             dead_letter_topic: service.transfer.topics.dlq.to_string(),
+            limits: service.transfer.limits.clone(),
         }
     }
 }
@@ -475,6 +483,7 @@ impl Config {
                 ..base.transfer.cache
             },
             backoff: t.retry_backoff.clone(),
+            limits: t.limits.clone(),
             ..base.transfer
         };
         let tune = |c: ConsumerConfig, max_batch: usize, linger: Duration| ConsumerConfig {
@@ -684,6 +693,25 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
             1_000_000_000,
         )?,
         dead_letter_topic: topic(v, "deadLetterTopic", &d.dead_letter_topic)?,
+        limits: limits(v, &d.limits)?,
+    })
+}
+
+fn limits(v: &View, d: &Limits) -> Result<Limits, ConfigError> {
+    let count = |name, default: usize, min, max| -> Result<usize, ConfigError> {
+        Ok(uint(v, name, default as u64, min, max)? as usize)
+    };
+    let producer = count("producerMaxRecordBytes", 1_000_000, 8192, 1_000_000_000)?;
+    let record_bytes = count("maxRecordBytes", producer, 8192, 1_000_000_000)?;
+    Ok(Limits {
+        record_bytes,
+        messages_per_record: count("maxMessagesPerRecord", d.messages_per_record, 1, 10_000_000)?,
+        content_bytes: count("maxContentBytes", d.content_bytes, 1, 1_000_000_000)?,
+        field_bytes: count("maxFieldBytes", d.field_bytes, 16, 1_000_000_000)?,
+        options: count("maxOptions", d.options, 0, 1_000_000)?,
+        at_users: count("maxAtUsers", d.at_users, 0, 10_000_000)?,
+        headers: count("maxHeaders", d.headers, 4, 1_000_000)?,
+        header_bytes: count("maxHeaderBytes", d.header_bytes, 64, 1_000_000_000)?,
     })
 }
 

@@ -105,6 +105,14 @@ pub(crate) const RUST_TRANSFER: &[Field] = &[
     f("retryBackoffMax", Duration),
     f("producerMaxRecordBytes", Int),
     f("deadLetterTopic", Str),
+    f("maxRecordBytes", Int),
+    f("maxMessagesPerRecord", Int),
+    f("maxContentBytes", Int),
+    f("maxFieldBytes", Int),
+    f("maxOptions", Int),
+    f("maxAtUsers", Int),
+    f("maxHeaders", Int),
+    f("maxHeaderBytes", Int),
     f("logFormat", Str),
 ];
 

@@ -9,6 +9,7 @@ pub mod cache_json;
 pub mod categorise;
 pub mod context;
 pub mod conversation;
+pub mod limits;
 pub mod model;
 pub mod options;
 pub mod receipt;

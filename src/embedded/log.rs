@@ -72,18 +72,63 @@ struct Group {
     members: BTreeMap<Arc<str>, Membership>,
 }
 
+/// Records per segment of a partition.
+const SEGMENT: usize = 4096;
+
+/// One partition's records, in fixed-size segments: appending never moves
+/// what is already there (one growing `Vec` would copy the whole partition
+/// at every doubling and briefly hold it twice).
+#[derive(Default)]
+struct Partition {
+    segments: Vec<Vec<Record>>,
+    len: usize,
+}
+
+impl Partition {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, rec: Record) {
+        match self.segments.last_mut() {
+            Some(seg) if seg.len() < SEGMENT => seg.push(rec),
+            _ => {
+                let mut seg = Vec::with_capacity(SEGMENT);
+                seg.push(rec);
+                self.segments.push(seg);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The records at offsets `from..to` (clamped to what exists).
+    fn range(&self, from: usize, to: usize) -> impl Iterator<Item = &Record> {
+        let to = to.min(self.len);
+        let from = from.min(to);
+        self.segments[from / SEGMENT..to.div_ceil(SEGMENT)]
+            .iter()
+            .flatten()
+            .skip(from % SEGMENT)
+            .take(to - from)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.segments.iter().flatten()
+    }
+}
+
 struct State {
     partitions: i32,
-    topics: BTreeMap<Arc<str>, Vec<Vec<Record>>>,
+    topics: BTreeMap<Arc<str>, Vec<Partition>>,
     groups: BTreeMap<String, Group>,
     next_member: u64,
     round_robin: u64,
 }
 
 impl State {
-    fn topic(&mut self, name: &str) -> &mut Vec<Vec<Record>> {
+    fn topic(&mut self, name: &str) -> &mut Vec<Partition> {
         if !self.topics.contains_key(name) {
-            let parts = (0..self.partitions).map(|_| Vec::new()).collect();
+            let parts = (0..self.partitions).map(|_| Partition::default()).collect();
             self.topics.insert(Arc::from(name), parts);
         }
         // Inserted just above when missing.
@@ -203,7 +248,7 @@ impl EmbeddedLog {
         let st = self.state.lock();
         st.topics
             .get(topic)
-            .map(|parts| parts.iter().flatten().cloned().collect())
+            .map(|parts| parts.iter().flat_map(Partition::iter).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -212,7 +257,7 @@ impl EmbeddedLog {
         let st = self.state.lock();
         st.topics
             .get(topic)
-            .map(|parts| parts.iter().map(Vec::len).sum())
+            .map(|parts| parts.iter().map(Partition::len).sum())
             .unwrap_or(0)
     }
 
@@ -333,7 +378,7 @@ impl EmbeddedConsumer {
             let from = *pos as usize;
             let to = log.len().min(from + per_partition);
             if from < to {
-                out.extend_from_slice(&log[from..to]);
+                out.extend(log.range(from, to).cloned());
                 *pos = to as i64;
             }
             if out.len() >= max {
@@ -416,6 +461,38 @@ mod tests {
     use super::*;
     use crate::ports::clock::ManualClock;
     use bytes::Bytes;
+
+    #[test]
+    fn partition_ranges_cross_segment_boundaries() {
+        let mut part = Partition::default();
+        let n = 2 * SEGMENT + 7;
+        for i in 0..n {
+            part.push(Record {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: i as i64,
+                key: Bytes::new(),
+                value: Bytes::new(),
+                headers: Arc::from(Vec::new()),
+                timestamp_ms: 0,
+            });
+        }
+        assert_eq!(part.len(), n);
+        let offsets = |from, to| part.range(from, to).map(|r| r.offset).collect::<Vec<_>>();
+        let s = SEGMENT as i64;
+        assert_eq!(
+            offsets(SEGMENT - 2, SEGMENT + 2),
+            vec![s - 2, s - 1, s, s + 1]
+        );
+        assert_eq!(
+            offsets(n - 3, n + 10),
+            vec![n as i64 - 3, n as i64 - 2, n as i64 - 1]
+        );
+        assert_eq!(offsets(5, 5), Vec::<i64>::new());
+        assert_eq!(offsets(n + 1, n + 5), Vec::<i64>::new());
+        assert_eq!(part.iter().count(), n);
+        assert!(part.iter().enumerate().all(|(i, r)| r.offset == i as i64));
+    }
 
     fn rec(key: &str, value: &str) -> OutRecord {
         OutRecord {

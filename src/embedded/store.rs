@@ -27,7 +27,7 @@ use crate::ports::{BoxFuture, DocStore, StoreError};
 pub struct Slot {
     /// The message, or none. Boxed: a bucket has 100 slots and most are
     /// empty, so a slot should cost a pointer, not a whole message.
-    pub msg: Option<Box<MsgDataModel>>,
+    pub msg: Option<Arc<MsgDataModel>>,
     /// Users who deleted the message for themselves (kept across rewrites).
     pub del_list: Vec<String>,
     /// Read flag (kept across rewrites).
@@ -252,7 +252,7 @@ impl DocStore for EmbeddedStore {
                 if let Some(obs) = &observer {
                     obs(&doc_id, &m);
                 }
-                bucket[i].msg = Some(Box::new(m));
+                bucket[i].msg = Some(m);
             }
             Ok(())
         });
@@ -324,12 +324,12 @@ impl DocStore for EmbeddedStore {
 mod tests {
     use super::*;
 
-    fn model(seq: i64, id: &str) -> MsgDataModel {
-        MsgDataModel {
+    fn model(seq: i64, id: &str) -> Arc<MsgDataModel> {
+        Arc::new(MsgDataModel {
             seq,
             client_msg_id: id.into(),
             ..Default::default()
-        }
+        })
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -6,6 +6,7 @@
 //! the wall clock (through [`SystemClock`](crate::ports::clock::SystemClock)).
 
 pub mod audit;
+pub mod dlq;
 pub mod load;
 pub mod metrics_text;
 

@@ -16,6 +16,7 @@ use prost::Message;
 use super::consumer::{ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::domain::bucket;
+use crate::domain::limits::Limits;
 use crate::domain::model::MsgDataModel;
 use crate::metrics::Metrics;
 use crate::ports::{BoxFuture, DocStore, Record, Rng, SharedClock};
@@ -37,22 +38,27 @@ pub struct PersistDeps {
 pub struct Persist {
     deps: PersistDeps,
     backoff: Backoff,
+    limits: Limits,
 }
 
 impl Persist {
-    /// A handler over `deps`.
-    pub fn new(deps: PersistDeps, backoff: Backoff) -> Self {
-        Self { deps, backoff }
+    /// A handler over `deps`, holding every record to `limits`.
+    pub fn new(deps: PersistDeps, backoff: Backoff, limits: Limits) -> Self {
+        Self {
+            deps,
+            backoff,
+            limits,
+        }
     }
 
     async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<MsgData>) {
         // Later copies of a seq win, as later writes would in Mongo.
-        let mut buckets: BTreeMap<i64, BTreeMap<usize, MsgDataModel>> = BTreeMap::new();
+        let mut buckets: BTreeMap<i64, BTreeMap<usize, Arc<MsgDataModel>>> = BTreeMap::new();
         for m in items {
             buckets
                 .entry(bucket::doc_index(m.seq))
                 .or_default()
-                .insert(bucket::slot(m.seq), MsgDataModel::from_owned(m));
+                .insert(bucket::slot(m.seq), Arc::new(MsgDataModel::from_owned(m)));
         }
         Metrics::add(&self.deps.metrics.persist_batches, 1);
         for (index, slots) in buckets {
@@ -62,6 +68,7 @@ impl Persist {
             let sent: Vec<i64> = writes.iter().map(|(_, m)| m.send_time).collect();
             let mut retry = Retrier::new(&self.backoff);
             loop {
+                // A retry needs the writes again: the clone shares the messages.
                 match self
                     .deps
                     .store
@@ -96,8 +103,16 @@ impl Handler for Persist {
 
     fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, MsgData)>, Rejection> {
         Metrics::add(&self.deps.metrics.mongo_records_in, 1);
+        let over = |e: crate::domain::limits::OverLimit| Rejection(e.to_string());
+        self.limits
+            .check_record(record.value.len(), &record.headers)
+            .map_err(over)?;
         let rec = MsgDataToMongoByMq::decode(record.value.as_ref())
             .map_err(|e| Rejection(format!("value is not a msg.MsgDataToMongoByMQ: {e}")))?;
+        self.limits.check_count(rec.msg_data.len()).map_err(over)?;
+        for m in &rec.msg_data {
+            self.limits.check_msg(m).map_err(over)?;
+        }
         if rec.conversation_id.is_empty() {
             return Err(Rejection("conversationID is empty".into()));
         }

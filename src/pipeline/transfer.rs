@@ -38,6 +38,7 @@ use super::retry::{Backoff, Retrier};
 use crate::cache::{self, AssignItem, CacheConfig};
 use crate::domain::categorise::{Unit, categorise};
 use crate::domain::context::{HEADER_KEYS, Header, MsgContext};
+use crate::domain::limits::Limits;
 use crate::domain::receipt::{self, ReadReceipt};
 use crate::domain::{cache_json, content};
 use crate::metrics::Metrics;
@@ -134,6 +135,8 @@ pub struct TransferConfig {
     /// Room kept below the producer's record limit for the envelope around
     /// a message (conversation ID, seqs, headers).
     pub envelope_margin_bytes: usize,
+    /// Limits every input record is held to before it is processed.
+    pub limits: Limits,
     /// Weaknesses put back on purpose (simulator mutants only).
     pub weaknesses: Weaknesses,
 }
@@ -146,6 +149,7 @@ impl Default for TransferConfig {
             cache: CacheConfig::default(),
             backoff: Backoff::default(),
             envelope_margin_bytes: 4096,
+            limits: Limits::default(),
             weaknesses: Weaknesses::default(),
         }
     }
@@ -503,7 +507,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             let contiguous = run
                 .last()
                 .is_some_and(|prev| prev.unit.msg.seq + 1 == it.unit.msg.seq);
-            if !run.is_empty() && (!contiguous || run_bytes + size > limit) {
+            // Within our own persistence consumer's limits too.
+            let full = run.len() >= self.cfg.limits.messages_per_record
+                || run_bytes + size > limit.min(self.cfg.limits.record_bytes);
+            if !run.is_empty() && (!contiguous || full) {
                 flush(&mut run, &mut out);
                 run_bytes = 0;
             }
@@ -520,20 +527,33 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
 
     fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, TransferItem)>, Rejection> {
         Metrics::add(&self.deps.metrics.records_in, 1);
+        // A message must fit, with its envelope, into the records we
+        // produce and into what our persistence consumer accepts.
         let limit = self
             .deps
             .producer
             .max_record_bytes()
+            .min(self.cfg.limits.record_bytes)
             .saturating_sub(self.cfg.envelope_margin_bytes);
         if record.value.len() > limit {
             return Err(Rejection(format!(
-                "record of {} bytes cannot be forwarded under the {} byte limit",
+                "over limit: record of {} bytes cannot be forwarded under the {} byte limit \
+                 (the smaller of maxRecordBytes and producerMaxRecordBytes, less {} bytes of envelope)",
                 record.value.len(),
-                limit
+                limit,
+                self.cfg.envelope_margin_bytes
             )));
         }
+        self.cfg
+            .limits
+            .check_record(record.value.len(), &record.headers)
+            .map_err(|e| Rejection(e.to_string()))?;
         let msg = MsgData::decode(record.value.as_ref())
             .map_err(|e| Rejection(format!("value is not an sdkws.MsgData: {e}")))?;
+        self.cfg
+            .limits
+            .check_msg(&msg)
+            .map_err(|e| Rejection(e.to_string()))?;
         Metrics::add(&self.deps.metrics.msgs_in, 1);
         let mut receipt = None;
         if msg.content_type == content::HAS_READ_RECEIPT {

@@ -30,7 +30,7 @@ pub enum StoreError {
 }
 
 /// One slot write: the slot index (0..100) and the message for it.
-pub type SlotWrite = (usize, MsgDataModel);
+pub type SlotWrite = (usize, std::sync::Arc<MsgDataModel>);
 
 /// The Mongo operations of the service.
 pub trait DocStore: Send + Sync + 'static {

@@ -107,8 +107,148 @@ fn eq_ic(arg: &[u8], upper_name: &[u8]) -> bool {
     arg.eq_ignore_ascii_case(upper_name)
 }
 
+/// Fields a hash keeps in a plain vector before it becomes a hash table.
+const SMALL_HASH_MAX: usize = 16;
+
 /// The fields of a hash value.
-pub type HashFields = FxHashMap<Vec<u8>, Vec<u8>>;
+///
+/// Small hashes — nearly all of them: a cached message is one field — are a
+/// vector searched linearly, the way Redis keeps them in a listpack; past
+/// [`SMALL_HASH_MAX`] fields they become a hash table. A table costs a few
+/// hundred bytes even for one field, which on a million cached messages is
+/// the largest part of the keyspace.
+#[derive(Debug, Clone, Default)]
+pub struct HashFields(Fields);
+
+#[derive(Debug, Clone)]
+enum Fields {
+    Small(Vec<(Vec<u8>, Vec<u8>)>),
+    Large(FxHashMap<Vec<u8>, Vec<u8>>),
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields::Small(Vec::new())
+    }
+}
+
+impl HashFields {
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Fields::Small(v) => v.len(),
+            Fields::Large(m) => m.len(),
+        }
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of `field`.
+    pub fn get(&self, field: &[u8]) -> Option<&Vec<u8>> {
+        match &self.0 {
+            Fields::Small(v) => v.iter().find(|(f, _)| f == field).map(|(_, x)| x),
+            Fields::Large(m) => m.get(field),
+        }
+    }
+
+    /// Whether `field` exists.
+    pub fn contains_key(&self, field: &[u8]) -> bool {
+        self.get(field).is_some()
+    }
+
+    /// Sets `field` to `value`; returns the old value.
+    pub fn insert(&mut self, field: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        match &mut self.0 {
+            Fields::Small(v) => {
+                if let Some((_, x)) = v.iter_mut().find(|(f, _)| *f == field) {
+                    return Some(std::mem::replace(x, value));
+                }
+                if v.len() < SMALL_HASH_MAX {
+                    if v.capacity() == 0 {
+                        v.reserve_exact(1);
+                    }
+                    v.push((field, value));
+                } else {
+                    let mut m: FxHashMap<Vec<u8>, Vec<u8>> =
+                        std::mem::take(v).into_iter().collect();
+                    m.insert(field, value);
+                    self.0 = Fields::Large(m);
+                }
+                None
+            }
+            Fields::Large(m) => m.insert(field, value),
+        }
+    }
+
+    /// The value of `field`, to change in place.
+    pub fn get_mut(&mut self, field: &[u8]) -> Option<&mut Vec<u8>> {
+        match &mut self.0 {
+            Fields::Small(v) => v.iter_mut().find(|(f, _)| f == field).map(|(_, x)| x),
+            Fields::Large(m) => m.get_mut(field),
+        }
+    }
+
+    /// The value of `field`, created empty if missing.
+    pub fn value_mut(&mut self, field: &[u8]) -> &mut Vec<u8> {
+        if !self.contains_key(field) {
+            self.insert(field.to_vec(), Vec::new());
+        }
+        self.get_mut(field).expect("inserted above")
+    }
+
+    /// Removes `field`; returns its value.
+    pub fn remove(&mut self, field: &[u8]) -> Option<Vec<u8>> {
+        match &mut self.0 {
+            Fields::Small(v) => {
+                let i = v.iter().position(|(f, _)| f == field)?;
+                Some(v.remove(i).1)
+            }
+            Fields::Large(m) => m.remove(field),
+        }
+    }
+
+    /// The fields and values, small hashes in insertion order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)> + '_> {
+        match &self.0 {
+            Fields::Small(v) => Box::new(v.iter().map(|(f, x)| (f, x))),
+            Fields::Large(m) => Box::new(m.iter()),
+        }
+    }
+}
+
+impl IntoIterator for HashFields {
+    type Item = (Vec<u8>, Vec<u8>);
+    type IntoIter = Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self.0 {
+            Fields::Small(v) => Box::new(v.into_iter()),
+            Fields::Large(m) => Box::new(m.into_iter()),
+        }
+    }
+}
+
+impl FromIterator<(Vec<u8>, Vec<u8>)> for HashFields {
+    fn from_iter<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(iter: I) -> Self {
+        let mut h = HashFields::default();
+        for (f, v) in iter {
+            h.insert(f, v);
+        }
+        h
+    }
+}
+
+/// Equal when they hold the same fields and values, in any order.
+impl PartialEq for HashFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(f, v)| other.get(f) == Some(v))
+    }
+}
+
+impl Eq for HashFields {}
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +425,7 @@ impl Keyspace {
     fn hash_for_write(&mut self, now_ms: i64, key: &[u8]) -> Result<&mut HashFields, Reply> {
         let entry: *mut Entry = match self.live_mut(now_ms, key) {
             Some(e) => e,
-            None => self.put_new(key, Entry::persistent(Value::Hash(FxHashMap::default()))),
+            None => self.put_new(key, Entry::persistent(Value::Hash(HashFields::default()))),
         };
         // SAFETY: `entry` points at a value inside `self.map`, obtained
         // from one of the two exclusive borrows of `self` above, the last
@@ -828,7 +968,7 @@ impl Db {
                 Reply::Array(
                     a[2..]
                         .iter()
-                        .map(|f| match h.and_then(|h| h.get(*f)) {
+                        .map(|f| match h.and_then(|h| h.get(f)) {
                             Some(v) => Reply::Bulk(v.clone()),
                             None => Reply::Nil,
                         })
@@ -840,7 +980,7 @@ impl Db {
                     None => (0, false),
                     Some(Value::Str(_)) => return Err(err(WRONGTYPE)),
                     Some(Value::Hash(h)) => {
-                        let n = a[2..].iter().filter(|f| h.remove(**f).is_some()).count();
+                        let n = a[2..].iter().filter(|f| h.remove(f).is_some()).count();
                         (n, h.is_empty())
                     }
                 };
@@ -883,7 +1023,7 @@ impl Db {
                     None => 0,
                 };
                 let new = cur.checked_add(by).ok_or_else(|| err(OVERFLOW))?;
-                let slot = h.entry(a[2].to_vec()).or_default();
+                let slot = h.value_mut(a[2]);
                 int_to_bytes(new, slot);
                 Reply::Int(new)
             }
@@ -1685,6 +1825,33 @@ pub(crate) mod tests {
         let e = Engine::new(7);
         let s = e.new_session();
         (e, s)
+    }
+
+    proptest! {
+        /// Whatever sequence of sets and deletes, small or grown into a
+        /// table, a hash holds exactly what a map given the same operations
+        /// holds.
+        #[test]
+        fn hash_fields_behave_as_a_map(ops in proptest::collection::vec((0u8..40, any::<bool>(), 0u8..4), 0..200)) {
+            let mut h = HashFields::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (field, set, value) in ops {
+                let f = vec![field];
+                if set {
+                    prop_assert_eq!(h.insert(f.clone(), vec![value]), model.insert(f, vec![value]));
+                } else {
+                    prop_assert_eq!(h.remove(&f), model.remove(&f));
+                }
+                prop_assert_eq!(h.len(), model.len());
+            }
+            for (f, v) in &model {
+                prop_assert_eq!(h.get(f), Some(v));
+            }
+            let back: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = h.clone().into_iter().collect();
+            prop_assert_eq!(&back, &model);
+            let rebuilt: HashFields = model.into_iter().rev().collect();
+            prop_assert_eq!(rebuilt, h);
+        }
     }
 
     #[test]
