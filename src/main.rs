@@ -202,8 +202,8 @@ impl DlqSelect {
     }
 }
 
-/// Reads the dead-letter topic named in `dir`'s config and returns the
-/// records `select` picks, with the config.
+/// Reads the configured dead-letter topic and returns the records `select`
+/// picks, in topic order.
 fn read_dead_letters(
     rt: &tokio::runtime::Runtime,
     cfg: &msgtransfer::config::Config,
