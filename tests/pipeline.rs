@@ -440,6 +440,26 @@ fn bad_input_goes_to_the_dead_letter_topic_and_a_replay_is_processed_once() {
     assert_eq!(w.log.lag("redis", &t.to_redis), 0);
 }
 
+/// `sendTime` is whatever the sender put there; the latency metric once
+/// overflowed on i64::MIN (found by the `to_mongo` fuzz target).
+#[test]
+fn messages_with_extreme_send_times_are_persisted() {
+    let w = World::new(1_000_000);
+    for (i, t) in [i64::MIN, -1, i64::MAX].into_iter().enumerate() {
+        let mut m = text("a", "b", &format!("t{i}"));
+        m.send_time = t;
+        m.create_time = t;
+        w.send(&m, "op");
+    }
+    w.run();
+    let buckets = w.store.buckets();
+    let sent: Vec<i64> = buckets["si_a_b:0"]
+        .iter()
+        .filter_map(|s| s.msg.as_ref().map(|m| m.send_time))
+        .collect();
+    assert_eq!(sent, vec![i64::MIN, -1, i64::MAX]);
+}
+
 #[test]
 fn read_receipts_raise_mongo_read_seqs_and_never_lower_them() {
     let w = World::new(1_000_000);

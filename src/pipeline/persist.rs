@@ -80,7 +80,12 @@ impl Persist {
                         Metrics::add(&self.deps.metrics.msgs_persisted, n);
                         let now = self.deps.clock.now_ms();
                         for t in &sent {
-                            self.deps.metrics.e2e_latency.observe_ms(now - t);
+                            // Saturating: `sendTime` comes from the sender
+                            // and may be anything (fuzzing found i64::MIN).
+                            self.deps
+                                .metrics
+                                .e2e_latency
+                                .observe_ms(now.saturating_sub(*t));
                         }
                         break;
                     }
