@@ -57,5 +57,15 @@ step "simulation (seed sweep, determinism meta-test, mutants)"
 ci/sim.sh
 disk
 
+step "fuzzing (saved reproducers, then every target for 10 s)"
+# The ASan build of the fuzz targets needs a few GiB of its own; the test
+# build is not needed any more.
+if [ "$(free_gib)" -lt 12 ]; then
+  echo "low on disk: removing target/debug before the fuzz build"
+  rm -rf target/debug
+fi
+ci/fuzz.sh 10
+disk
+
 echo
 echo "ci/test.sh: all suites passed in $(( $(date +%s) - start ))s"
