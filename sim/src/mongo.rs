@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::embedded::store::EmbeddedStore;
 use msgtransfer::ports::store::SlotWrite;
 use msgtransfer::ports::{BoxFuture, DocStore, StoreError};
