@@ -206,14 +206,13 @@ impl DlqSelect {
 /// picks, in topic order.
 fn read_dead_letters(
     rt: &tokio::runtime::Runtime,
-    cfg: &msgtransfer::config::Config,
+    settings: &msgtransfer::backends::kafka::KafkaSettings,
+    topic: &str,
     select: &DlqSelect,
 ) -> anyhow::Result<Vec<msgtransfer::ops::dlq::DeadLetter>> {
-    let settings = msgtransfer::daemon::kafka_settings(cfg)?;
-    let topic = cfg.tuning.dead_letter_topic.clone();
     let parts = rt.block_on(msgtransfer::backends::kafka::read_topic_to_end(
-        &settings,
-        &topic,
+        settings,
+        topic,
         |_| {},
     ))?;
     let records: Vec<_> = parts.into_values().flatten().collect();
@@ -231,7 +230,14 @@ fn run_dlq(command: DlqCommand) -> ExitCode {
         (Ok(c), Ok(r)) => (c, r),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    let letters = match read_dead_letters(&rt, &cfg, select) {
+    let settings = match msgtransfer::daemon::kafka_settings(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let letters = match read_dead_letters(&rt, &settings, &cfg.tuning.dead_letter_topic, select) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: reading {}: {e:#}", cfg.tuning.dead_letter_topic);
@@ -291,8 +297,8 @@ fn run_dlq(command: DlqCommand) -> ExitCode {
                 cfg.kafka.to_redis_topic.as_str().into(),
                 cfg.kafka.to_mongo_topic.as_str().into(),
             ];
-            let result = msgtransfer::daemon::kafka_settings(&cfg)
-                .and_then(|s| Ok(msgtransfer::backends::kafka::KafkaProducer::new(&s)?))
+            let result = msgtransfer::backends::kafka::KafkaProducer::new(&settings)
+                .map_err(anyhow::Error::from)
                 .and_then(|p| Ok(rt.block_on(dlq::replay(&p, &letters, &inputs))?));
             match result {
                 Ok(n) => {

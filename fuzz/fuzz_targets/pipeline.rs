@@ -33,9 +33,9 @@ use msgtransfer::domain::options::key;
 use msgtransfer::domain::{content, conversation, session, status};
 use msgtransfer::embedded::hook::EmbeddedHook;
 use msgtransfer::embedded::log::EmbeddedLog;
-use msgtransfer::embedded::redis::{EmbeddedRedis, FaultHook, FaultKind, shared_engine};
+use msgtransfer::embedded::redis::{EmbeddedRedis, FaultHook, shared_engine};
 use msgtransfer::embedded::store::EmbeddedStore;
-use msgtransfer::embedded::{Fault, FaultPlan, history};
+use msgtransfer::embedded::{FaultPlan, history};
 use msgtransfer::metrics::Metrics;
 use msgtransfer::pipeline::consumer::dlq_header;
 use msgtransfer::pipeline::transfer::Weaknesses;
@@ -331,14 +331,7 @@ fuzz_target!(|input: Input| {
         log = log.with_faults(plan.clone());
         store = store.with_faults(plan.clone());
     }
-    let redis_faults: Option<FaultHook> = plan.clone().map(|plan| {
-        Arc::new(move |_cmd: &[u8]| {
-            plan.redis().map(|f| match f {
-                Fault::Before => FaultKind::ErrorBeforeExecute,
-                Fault::After => FaultKind::ErrorAfterExecute,
-            })
-        }) as FaultHook
-    });
+    let redis_faults: Option<FaultHook> = plan.as_ref().map(FaultPlan::redis_hook);
     let w = World {
         log,
         engine: shared_engine(input.seed),

@@ -550,6 +550,11 @@ pub fn load(
 // ---------------------------------------------------------------- readers
 
 /// A whole number in `min..=max`, `default` when not set.
+/// [`uint`] as a count.
+fn count(v: &View, name: &str, default: usize, min: u64, max: u64) -> Result<usize, ConfigError> {
+    Ok(uint(v, name, default as u64, min, max)? as usize)
+}
+
 fn uint(v: &View, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
     match v.int(name) {
         None => Ok(default),
@@ -650,9 +655,13 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
             format!("must be at most 1h, got {session_timeout:?}"),
         ));
     }
-    let count = |name, default: usize, min, max| -> Result<usize, ConfigError> {
-        Ok(uint(v, name, default as u64, min, max)? as usize)
-    };
+    let count = |name, default, min, max| count(v, name, default, min, max);
+    let producer_max_record_bytes = count(
+        "producerMaxRecordBytes",
+        d.producer_max_record_bytes,
+        8192,
+        1_000_000_000,
+    )?;
     Ok(Tuning {
         transfer_loops: count("transferLoops", d.transfer_loops, 1, 256)?,
         linger: duration(v, "linger", d.linger, Duration::ZERO)?,
@@ -686,23 +695,21 @@ fn tuning(v: &View) -> Result<Tuning, ConfigError> {
             Duration::from_millis(1),
         )?,
         retry_backoff: Backoff { initial, max },
-        producer_max_record_bytes: count(
-            "producerMaxRecordBytes",
-            d.producer_max_record_bytes,
-            8192,
-            1_000_000_000,
-        )?,
+        producer_max_record_bytes,
         dead_letter_topic: topic(v, "deadLetterTopic", &d.dead_letter_topic)?,
-        limits: limits(v, &d.limits)?,
+        limits: limits(v, &d.limits, producer_max_record_bytes)?,
     })
 }
 
-fn limits(v: &View, d: &Limits) -> Result<Limits, ConfigError> {
-    let count = |name, default: usize, min, max| -> Result<usize, ConfigError> {
-        Ok(uint(v, name, default as u64, min, max)? as usize)
-    };
-    let producer = count("producerMaxRecordBytes", 1_000_000, 8192, 1_000_000_000)?;
-    let record_bytes = count("maxRecordBytes", producer, 8192, 1_000_000_000)?;
+/// The input limits; `maxRecordBytes` defaults to the producer's limit.
+fn limits(v: &View, d: &Limits, producer_max_record_bytes: usize) -> Result<Limits, ConfigError> {
+    let count = |name, default, min, max| count(v, name, default, min, max);
+    let record_bytes = count(
+        "maxRecordBytes",
+        producer_max_record_bytes,
+        8192,
+        1_000_000_000,
+    )?;
     Ok(Limits {
         record_bytes,
         messages_per_record: count("maxMessagesPerRecord", d.messages_per_record, 1, 10_000_000)?,

@@ -23,12 +23,12 @@ use rand::{Rng as _, SeedableRng};
 use tokio::sync::watch;
 
 use crate::check::{self, Report};
+use crate::embedded::FaultPlan;
 use crate::embedded::history;
 use crate::embedded::hook::EmbeddedHook;
 use crate::embedded::log::EmbeddedLog;
-use crate::embedded::redis::{EmbeddedRedis, FaultHook, FaultKind, shared_engine};
+use crate::embedded::redis::{EmbeddedRedis, FaultHook, shared_engine};
 use crate::embedded::store::EmbeddedStore;
-use crate::embedded::{Fault, FaultPlan};
 use crate::metrics::Metrics;
 use crate::ports::clock::SystemClock;
 use crate::ports::{ConsumerEvent, LogConsumer, SeededRng, SharedClock};
@@ -289,14 +289,7 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
             }
         }))
     };
-    let redis_faults: Option<FaultHook> = plan.clone().map(|plan| {
-        Arc::new(move |_cmd: &[u8]| {
-            plan.redis().map(|f| match f {
-                Fault::Before => FaultKind::ErrorBeforeExecute,
-                Fault::After => FaultKind::ErrorAfterExecute,
-            })
-        }) as FaultHook
-    });
+    let redis_faults: Option<FaultHook> = plan.as_ref().map(FaultPlan::redis_hook);
     if let Some(plan) = &plan {
         log = log.with_faults(plan.clone());
         store = store.with_faults(plan.clone());

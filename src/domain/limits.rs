@@ -92,6 +92,11 @@ impl Limits {
             self.record_bytes,
             "maxRecordBytes",
         )?;
+        self.check_headers(headers)
+    }
+
+    /// Checks an input record's headers: how many, and each one's size.
+    pub fn check_headers(&self, headers: &[Header]) -> Result<(), OverLimit> {
         at_most(
             || "the number of headers".into(),
             headers.len(),
@@ -122,22 +127,16 @@ impl Limits {
     /// Checks one message's fields.
     pub fn check_msg(&self, m: &MsgData) -> Result<(), OverLimit> {
         let id = || truncated(&m.client_msg_id);
-        let field = |name: &'static str, len: usize| {
+        let sized = |name: &str, len, limit, setting| {
             at_most(
                 || format!("{name} of message {:?} (bytes)", id()),
                 len,
-                self.field_bytes,
-                "maxFieldBytes",
+                limit,
+                setting,
             )
         };
-        let payload = |name: &'static str, len: usize| {
-            at_most(
-                || format!("{name} of message {:?} (bytes)", id()),
-                len,
-                self.content_bytes,
-                "maxContentBytes",
-            )
-        };
+        let field = |name, len| sized(name, len, self.field_bytes, "maxFieldBytes");
+        let payload = |name, len| sized(name, len, self.content_bytes, "maxContentBytes");
         field("sendID", m.send_id.len())?;
         field("recvID", m.recv_id.len())?;
         field("groupID", m.group_id.len())?;

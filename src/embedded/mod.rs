@@ -80,4 +80,16 @@ impl FaultPlan {
     pub fn redis(&self) -> Option<Fault> {
         self.draw(self.redis_rate)
     }
+
+    /// A fault hook for [`redis::EmbeddedRedis::with_fault_hook`] that fails
+    /// commands as this plan draws.
+    pub fn redis_hook(self: &std::sync::Arc<Self>) -> redis::FaultHook {
+        let plan = self.clone();
+        std::sync::Arc::new(move |_cmd: &[u8]| {
+            plan.redis().map(|f| match f {
+                Fault::Before => redis::FaultKind::ErrorBeforeExecute,
+                Fault::After => redis::FaultKind::ErrorAfterExecute,
+            })
+        })
+    }
 }

@@ -25,8 +25,9 @@ use crate::ports::{BoxFuture, DocStore, StoreError};
 /// One slot of a `msg` bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
-    /// The message, or none. Boxed: a bucket has 100 slots and most are
-    /// empty, so a slot should cost a pointer, not a whole message.
+    /// The message, or none. Behind a pointer: a bucket has 100 slots and
+    /// most are empty, so a slot should cost a pointer, not a whole message;
+    /// shared with the write that put it there, which keeps it for retries.
     pub msg: Option<Arc<MsgDataModel>>,
     /// Users who deleted the message for themselves (kept across rewrites).
     pub del_list: Vec<String>,

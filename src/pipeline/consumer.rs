@@ -43,6 +43,12 @@ use crate::ports::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection(pub String);
 
+impl From<crate::domain::limits::OverLimit> for Rejection {
+    fn from(e: crate::domain::limits::OverLimit) -> Self {
+        Rejection(e.to_string())
+    }
+}
+
 /// A conversation key: items with the same key are processed in order.
 pub type ConvKey = Arc<str>;
 

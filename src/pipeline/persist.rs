@@ -108,15 +108,13 @@ impl Handler for Persist {
 
     fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, MsgData)>, Rejection> {
         Metrics::add(&self.deps.metrics.mongo_records_in, 1);
-        let over = |e: crate::domain::limits::OverLimit| Rejection(e.to_string());
         self.limits
-            .check_record(record.value.len(), &record.headers)
-            .map_err(over)?;
+            .check_record(record.value.len(), &record.headers)?;
         let rec = MsgDataToMongoByMq::decode(record.value.as_ref())
             .map_err(|e| Rejection(format!("value is not a msg.MsgDataToMongoByMQ: {e}")))?;
-        self.limits.check_count(rec.msg_data.len()).map_err(over)?;
+        self.limits.check_count(rec.msg_data.len())?;
         for m in &rec.msg_data {
-            self.limits.check_msg(m).map_err(over)?;
+            self.limits.check_msg(m)?;
         }
         if rec.conversation_id.is_empty() {
             return Err(Rejection("conversationID is empty".into()));

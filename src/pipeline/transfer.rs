@@ -544,16 +544,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
                 self.cfg.envelope_margin_bytes
             )));
         }
-        self.cfg
-            .limits
-            .check_record(record.value.len(), &record.headers)
-            .map_err(|e| Rejection(e.to_string()))?;
+        // The value's size was checked just above, against a stricter bound.
+        self.cfg.limits.check_headers(&record.headers)?;
         let msg = MsgData::decode(record.value.as_ref())
             .map_err(|e| Rejection(format!("value is not an sdkws.MsgData: {e}")))?;
-        self.cfg
-            .limits
-            .check_msg(&msg)
-            .map_err(|e| Rejection(e.to_string()))?;
+        self.cfg.limits.check_msg(&msg)?;
         Metrics::add(&self.deps.metrics.msgs_in, 1);
         let mut receipt = None;
         if msg.content_type == content::HAS_READ_RECEIPT {
