@@ -1,15 +1,15 @@
 //! Faults on the real backends, with `msgtransfer run` as a child process:
 //! `kill -9` of the daemon ten times under load, a rebalance between two
 //! daemons when one is killed and restarted, a Redis restart that loses
-//! everything, a FerretDB killed and restarted, bad configuration, and a
-//! malformed record. After each, `audit` reads real Kafka, Redis and
+//! everything, a FerretDB killed and restarted, bad configuration, a
+//! malformed record, and an operator's `dlq list`/`dlq replay`. After each, `audit` reads real Kafka, Redis and
 //! MongoDB back and must find every message pushed and persisted once, at
 //! one seq, in order.
 //!
 //! Needs `KAFKA_BROKERS`, `REDIS_URL` and `MONGODB_URI` (see
 //! `tests/support`); the Redis and FerretDB that get killed are private
 //! processes on free ports (`tests/support/servers.rs`). Every run has its
-//! own topics, groups and Mongo database; Redis databases 9–11 of the
+//! own topics, groups and Mongo database; Redis databases 9–12 of the
 //! shared server belong to this file.
 
 mod support;
@@ -27,6 +27,7 @@ use support::servers::{FerretServer, RedisCluster, RedisServer, SentinelServer};
 const CRASH_REDIS_DB: u32 = 9;
 const REBALANCE_REDIS_DB: u32 = 10;
 const DLQ_REDIS_DB: u32 = 11;
+const DLQ_CLI_REDIS_DB: u32 = 12;
 
 /// The heavy tests take turns: each loads the shared FerretDB hard
 /// enough that two at once on 2 cores would measure the machine, not the
@@ -523,5 +524,216 @@ async fn a_malformed_record_goes_to_the_dead_letter_topic_and_the_rest_is_proces
             e.partition()
         );
     }
+    stand.clean_up().await;
+}
+
+/// The operator's path through `msgtransfer dlq`, as the binary on a real
+/// broker: a record over `maxContentBytes` is refused whole while the
+/// records around it are stored; `dlq list` shows it with its reason;
+/// `dlq replay` refuses a selection it cannot honour; once the limit is
+/// raised, replaying the record twice stores it once, at the next seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_commands_list_and_replay_a_refused_record_on_real_kafka() {
+    use mongodb::bson::{Document, doc};
+    use msgtransfer::domain::context::MsgContext;
+    use msgtransfer::ports::{LogProducer, OutRecord};
+    use msgtransfer::proto::{MsgData, PushMsgDataToMq};
+    use prost::Message;
+
+    let _turn = TURN.lock().await;
+    const CONTENT_LIMIT: &str = "IMENV_OPENIM_MSGTRANSFER_RUSTTRANSFER_MAXCONTENTBYTES";
+    let mut stand = Stand::new("dlqcli", DLQ_CLI_REDIS_DB).await;
+    stand.set(CONTENT_LIMIT, "200");
+    let run = stand.run.clone();
+    let text = |id: &str, content: String| MsgData {
+        send_id: "alice".into(),
+        recv_id: "bob".into(),
+        client_msg_id: id.into(),
+        session_type: 1,
+        msg_from: 100,
+        content_type: 101,
+        content: content.into_bytes(),
+        status: 1,
+        ..Default::default()
+    };
+    let big = text("m-big", format!("{{\"content\":\"{}\"}}", "x".repeat(1000)));
+    let producer = msgtransfer::backends::kafka::KafkaProducer::new(
+        &msgtransfer::daemon::kafka_settings(&stand.cfg).unwrap(),
+    )
+    .unwrap();
+    let to_redis: std::sync::Arc<str> = format!("{run}.toRedis").into();
+    for (i, m) in [
+        text("m1", "{\"content\":\"hi\"}".into()),
+        big.clone(),
+        text("m2", "{\"content\":\"yo\"}".into()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let ctx = MsgContext {
+            operation_id: format!("op-{i}"),
+            op_user_id: "alice".into(),
+            platform: "2".into(),
+            conn_id: String::new(),
+        };
+        producer
+            .send(OutRecord {
+                topic: to_redis.clone(),
+                key: "alice_bob".into(),
+                value: m.encode_to_vec().into(),
+                headers: ctx.to_headers().into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let cli = |stand: &Stand, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_msgtransfer"))
+            .arg("dlq")
+            .args(args)
+            .args(["-c", CONFIG])
+            .envs(&stand.env)
+            .output()
+            .expect("running msgtransfer dlq");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let clock = SystemClock::new();
+    let msg = stand.db.collection::<Document>("msg");
+    // The client message IDs in the bucket's slots, in slot order.
+    let slots = || async {
+        let Some(b) = msg
+            .find_one(doc! {"doc_id": "si_alice_bob:0"})
+            .await
+            .unwrap()
+        else {
+            return Vec::new();
+        };
+        b.get_array("msgs")
+            .unwrap()
+            .iter()
+            .map_while(|s| {
+                let m = s.as_document()?.get_document("msg").ok()?;
+                Some(m.get_str("client_msg_id").ok()?.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let wait_for = |want: Vec<&'static str>| {
+        let slots = &slots;
+        let clock = &clock;
+        async move {
+            for _ in 0..480 {
+                if slots().await == want {
+                    return;
+                }
+                clock.sleep(Duration::from_millis(250)).await;
+            }
+            panic!("slots are {:?}, want {want:?}", slots().await);
+        }
+    };
+
+    // The big one is refused; the records around it are stored.
+    let mut daemon = stand.start(0).await;
+    wait_for(vec!["m1", "m2"]).await;
+    let listed = {
+        let mut listed = String::new();
+        for _ in 0..240 {
+            let (code, out, err) = cli(&stand, &["list", "--json"]);
+            assert_eq!(code, Some(0), "{err}");
+            if !out.is_empty() {
+                listed = out;
+                break;
+            }
+            clock.sleep(Duration::from_millis(250)).await;
+        }
+        listed
+    };
+    let lines: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    let letter = &lines[0];
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("m-big") && reason.contains("maxContentBytes"),
+        "{reason}"
+    );
+    assert_eq!(letter["source_topic"], to_redis.as_ref());
+    assert_eq!(letter["source_offset"], 1);
+    assert_eq!(letter["key"], "alice_bob");
+    assert_eq!(letter["value_bytes"], big.encoded_len());
+    let at = format!("{}:{}", letter["partition"], letter["offset"]);
+    // The human listing says the same, one line per record.
+    let (code, out, err) = cli(&stand, &["list", "--reason", "maxContentBytes"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("{at}  from {to_redis}")), "{out}");
+    assert!(err.contains("1 record(s)"), "{err}");
+
+    // Replay refuses a selection it cannot honour, and produces nothing.
+    let (code, _, err) = cli(&stand, &["replay"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = cli(&stand, &["replay", "--at", "0:999999"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nothing replayed"), "{err}");
+    let (code, out, err) = cli(&stand, &["replay", "--at", &at, "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("maxContentBytes") && err.contains("dry run"),
+        "{err}"
+    );
+
+    // The operator raises the limit, restarts, and replays it twice.
+    assert!(daemon.sigterm().await.success());
+    stand.set(CONTENT_LIMIT, "1000000");
+    let mut daemon = stand.start(0).await;
+    for _ in 0..2 {
+        let (code, _, err) = cli(&stand, &["replay", "--at", &at]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.contains("replayed 1 record(s)"), "{err}");
+    }
+    wait_for(vec!["m1", "m2", "m-big"]).await;
+    // SIGTERM drains: both replays are processed and committed.
+    assert!(daemon.sigterm().await.success());
+    assert_eq!(slots().await, vec!["m1", "m2", "m-big"], "stored once");
+    let settings = msgtransfer::daemon::kafka_settings(&stand.cfg).unwrap();
+    let read = |topic: String| {
+        let settings = settings.clone();
+        async move {
+            msgtransfer::backends::kafka::read_topic_to_end(&settings, &topic, |_| {})
+                .await
+                .unwrap()
+                .into_values()
+                .flatten()
+                .collect::<Vec<_>>()
+        }
+    };
+    let inputs = read(to_redis.to_string()).await;
+    assert_eq!(inputs.len(), 5, "three sent, two replayed");
+    let pushed: Vec<(String, i64)> = read(format!("{run}.toPush"))
+        .await
+        .iter()
+        .map(|r| {
+            let m = PushMsgDataToMq::decode(r.value.as_ref())
+                .unwrap()
+                .msg_data
+                .unwrap();
+            (m.client_msg_id, m.seq)
+        })
+        .collect();
+    let big_seqs: Vec<i64> = pushed
+        .iter()
+        .filter(|(id, _)| id == "m-big")
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(
+        !big_seqs.is_empty() && big_seqs.iter().all(|s| *s == 3),
+        "{pushed:?}"
+    );
+    let (_, out, _) = cli(&stand, &["list", "--json"]);
+    assert_eq!(out.lines().count(), 1, "nothing new was refused: {out}");
     stand.clean_up().await;
 }
