@@ -16,7 +16,9 @@
 # Stable Rust rejects cargo-fuzz's `-Zsanitizer=address` (the one unstable
 # flag it passes); RUSTC_BOOTSTRAP=1 lets the stable compiler accept it.
 # Nothing else needs nightly. Set FUZZ_JOBS to change the build's
-# parallelism (default 2).
+# parallelism (default 2), and FUZZ_TARGETS (names separated by spaces) to
+# run only some targets, e.g. two shells each running half of them for a
+# long run on a 2-core machine.
 set -euo pipefail
 
 secs="${1:-60}"
@@ -40,7 +42,14 @@ if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $cargo_fuzz_version
 fi
 
 cd "$fuzz"
-targets=$(cargo fuzz list)
+all_targets=$(cargo fuzz list)
+targets="${FUZZ_TARGETS:-$all_targets}"
+for t in $targets; do
+    if ! echo "$all_targets" | grep -qx "$t"; then
+        echo "FUZZ_TARGETS: no target named '$t' (there are: $(echo $all_targets))" >&2
+        exit 2
+    fi
+done
 echo "==> building $(echo $targets | wc -w) targets (ASan, release, debug assertions)"
 cargo fuzz build
 host=$(rustc -vV | sed -n 's/^host: //p')

@@ -2,9 +2,9 @@
 //! `kill -9` of the daemon ten times under load, a rebalance between two
 //! daemons when one is killed and restarted, a Redis restart that loses
 //! everything, a FerretDB killed and restarted, bad configuration, a
-//! malformed record, and an operator's `dlq list`/`dlq replay`. After each, `audit` reads real Kafka, Redis and
-//! MongoDB back and must find every message pushed and persisted once, at
-//! one seq, in order.
+//! malformed record, and an operator's `dlq list`/`dlq replay`. After each,
+//! `audit` reads real Kafka, Redis and MongoDB back and must find every
+//! message pushed and persisted once, at one seq, in order.
 //!
 //! Needs `KAFKA_BROKERS`, `REDIS_URL` and `MONGODB_URI` (see
 //! `tests/support`); the Redis and FerretDB that get killed are private
