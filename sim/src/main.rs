@@ -266,18 +266,16 @@ fn shrink_cmd(opts: &Options, cases: u32, most: usize, rng_seed: u64) -> bool {
             faults,
             reason,
         } => {
-            let list: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            let list = shrink::faults_arg(&faults);
             println!(
-                "shrink: failing plan shrunk to {} fault(s) on seed {seed} ({:.1} s): {}",
+                "shrink: failing plan shrunk to {} fault(s) on seed {seed} ({:.1} s): {list}",
                 faults.len(),
                 elapsed(),
-                list.join(",")
             );
             println!("  because: {reason}");
             let mutant = mutant_flag(&opts);
             println!(
-                "  replay: cargo run -p sim --release -- --seed {seed}{mutant} --faults {}",
-                list.join(",")
+                "  replay: cargo run -p sim --release -- --seed {seed}{mutant} --faults {list}"
             );
             false
         }

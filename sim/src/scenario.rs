@@ -84,6 +84,19 @@ pub enum Mutant {
     NoLedger,
 }
 
+impl Options {
+    /// 150 messages in 8 conversations, the defaults otherwise: the size
+    /// of the simulator's own `cargo test` checks, where a seed runs in
+    /// well under a second.
+    pub fn small() -> Self {
+        Self {
+            messages: 150,
+            conversations: 8,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

@@ -58,6 +58,16 @@ pub enum Found {
     },
 }
 
+/// A fault list as `--faults` takes it: the faults' own text, joined by
+/// commas.
+pub fn faults_arg(faults: &[FaultSpec]) -> String {
+    faults
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs `cases` random plans against "no anomaly" and shrinks the first
 /// failure. Deterministic: proptest's own RNG is seeded from `rng_seed`.
 pub fn search(opts: &Options, cases: u32, most: usize, rng_seed: u64) -> Found {

@@ -4,25 +4,19 @@
 use sim::scenario::{self, Kind, Mutant, Options};
 use sim::shrink::{self, Found};
 
-fn small() -> Options {
-    Options {
-        messages: 150,
-        conversations: 8,
-        ..Options::default()
-    }
-}
-
 #[test]
 fn random_fault_plans_do_not_break_the_service() {
-    match shrink::search(&small(), 12, 12, 3) {
+    match shrink::search(&Options::small(), 12, 12, 3) {
         Found::Nothing { cases } => assert_eq!(cases, 12),
         Found::Failure {
             seed,
             faults,
             reason,
         } => {
-            let list: Vec<String> = faults.iter().map(ToString::to_string).collect();
-            panic!("seed {seed} with faults {} fails: {reason}", list.join(","));
+            panic!(
+                "seed {seed} with faults {} fails: {reason}",
+                shrink::faults_arg(&faults)
+            );
         }
     }
 }
@@ -31,7 +25,7 @@ fn random_fault_plans_do_not_break_the_service() {
 fn a_failure_of_the_unfenced_allocator_shrinks_to_a_failover() {
     let opts = Options {
         mutant: Some(Mutant::NoFence),
-        ..small()
+        ..Options::small()
     };
     let Found::Failure { seed, faults, .. } = shrink::search(&opts, 64, 10, 7) else {
         panic!("no plan among 64 broke the unfenced allocator");

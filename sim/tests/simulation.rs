@@ -5,19 +5,11 @@
 use clap::ValueEnum;
 use sim::scenario::{self, Mutant, Options};
 
-fn small() -> Options {
-    Options {
-        messages: 150,
-        conversations: 8,
-        ..Options::default()
-    }
-}
-
 #[test]
 fn seeds_with_faults_end_clean_and_drained() {
     let mut faults = 0;
     for seed in 1..6 {
-        let o = scenario::run(seed, &small()).expect("simulation runs");
+        let o = scenario::run(seed, &Options::small()).expect("simulation runs");
         assert_eq!(
             o.anomalies(),
             0,
@@ -39,11 +31,11 @@ fn seeds_with_faults_end_clean_and_drained() {
 
 #[test]
 fn one_seed_replays_to_the_same_history() {
-    let a = scenario::run(42, &small()).expect("first run");
-    let b = scenario::run(42, &small()).expect("second run");
+    let a = scenario::run(42, &Options::small()).expect("first run");
+    let b = scenario::run(42, &Options::small()).expect("second run");
     assert_eq!(a.digest, b.digest);
     assert_eq!(a.faults, b.faults);
-    let c = scenario::run(43, &small()).expect("another seed");
+    let c = scenario::run(43, &Options::small()).expect("another seed");
     assert_ne!(a.digest, c.digest, "the digest tells runs apart");
 }
 
@@ -54,12 +46,12 @@ fn a_seed_replays_the_same_whatever_ran_before_it_in_the_process() {
     let seeds = [3, 9, 13, 14];
     let first: Vec<u64> = seeds
         .iter()
-        .map(|s| scenario::run(*s, &small()).expect("runs").digest)
+        .map(|s| scenario::run(*s, &Options::small()).expect("runs").digest)
         .collect();
     let again: Vec<u64> = seeds
         .iter()
         .rev()
-        .map(|s| scenario::run(*s, &small()).expect("runs").digest)
+        .map(|s| scenario::run(*s, &Options::small()).expect("runs").digest)
         .collect();
     let again: Vec<u64> = again.into_iter().rev().collect();
     assert_eq!(first, again, "seeds {seeds:?} in order, then in reverse");
@@ -70,7 +62,7 @@ fn every_mutant_is_caught() {
     for m in Mutant::value_variants() {
         let opts = Options {
             mutant: Some(*m),
-            ..small()
+            ..Options::small()
         };
         let caught = (1..40).find(|seed| {
             let o = scenario::run(*seed, &opts).expect("simulation runs");
@@ -84,7 +76,7 @@ fn every_mutant_is_caught() {
 fn the_allocator_without_its_fence_conflicts_seqs() {
     let opts = Options {
         mutant: Some(Mutant::NoFence),
-        ..small()
+        ..Options::small()
     };
     let caught = (1..40).find(|seed| {
         let o = scenario::run(*seed, &opts).expect("simulation runs");
