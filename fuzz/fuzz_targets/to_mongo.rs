@@ -75,7 +75,12 @@ fuzz_target!(|data: &[u8]| {
     let decoded = MsgDataToMongoByMq::decode(data);
     if let Ok(rec) = &decoded {
         assert_roundtrip(rec);
-        let hand = encode_mongo_record(rec.last_seq, &rec.conversation_id, rec.msg_data.iter());
+        let bodies: Vec<Vec<u8>> = rec.msg_data.iter().map(Message::encode_to_vec).collect();
+        let hand = encode_mongo_record(
+            rec.last_seq,
+            &rec.conversation_id,
+            bodies.iter().map(Vec::as_slice),
+        );
         assert_eq!(
             hand,
             rec.encode_to_vec(),

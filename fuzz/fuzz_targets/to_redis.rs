@@ -101,7 +101,8 @@ fuzz_target!(|data: &[u8]| {
         if unit.stored {
             msg.seq = i as i64 + 1;
         }
-        let push = encode_push_record(&msg, &unit.conversation_id);
+        let body = msg.encode_to_vec();
+        let push = encode_push_record(&body, &unit.conversation_id);
         let want = PushMsgDataToMq {
             msg_data: Some(msg.clone()),
             conversation_id: unit.conversation_id.clone(),
@@ -112,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
             "toPush encoding differs from prost"
         );
         if unit.stored {
-            let mongo = encode_mongo_record(msg.seq - 1, &unit.conversation_id, [&msg].into_iter());
+            let mongo = encode_mongo_record(
+                msg.seq - 1,
+                &unit.conversation_id,
+                [body.as_slice()].into_iter(),
+            );
             let want = MsgDataToMongoByMq {
                 last_seq: msg.seq - 1,
                 conversation_id: unit.conversation_id.clone(),

@@ -48,25 +48,36 @@ use crate::ports::{
 };
 use crate::proto::MsgData;
 
-/// Encodes `PushMsgDataToMq { msgData: msg, conversationID: conv }` without
-/// copying the message first; the bytes are exactly prost's for the struct.
-pub fn encode_push_record(msg: &MsgData, conv: &str) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(msg.encoded_len() + conv.len() + 8);
-    prost::encoding::message::encode(1, msg, &mut buf);
+/// Appends an embedded-message field (`tag` = `field`, length-delimited)
+/// whose payload is the already encoded message `body`.
+fn put_message_field(field: u32, body: &[u8], buf: &mut Vec<u8>) {
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(body.len() as u64, buf);
+    buf.extend_from_slice(body);
+}
+
+/// Encodes `PushMsgDataToMq { msgData, conversationID: conv }` around
+/// `msg_data`, the `MsgData` already encoded (once per message: the same
+/// bytes go into its `toMongo` record); the result is exactly prost's
+/// encoding of the struct.
+pub fn encode_push_record(msg_data: &[u8], conv: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(msg_data.len() + conv.len() + 16);
+    put_message_field(1, msg_data, &mut buf);
     if !conv.is_empty() {
         prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
     }
     buf
 }
 
-/// Encodes `MsgDataToMongoByMq { lastSeq, conversationID, msgData }` from
-/// borrowed messages; the bytes are exactly prost's for the struct.
+/// Encodes `MsgDataToMongoByMq { lastSeq, conversationID, msgData }` around
+/// already encoded `MsgData`s; the result is exactly prost's encoding of
+/// the struct.
 pub fn encode_mongo_record<'a>(
     last_seq: i64,
     conv: &str,
-    msgs: impl Iterator<Item = &'a MsgData> + Clone,
+    msg_data: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Vec<u8> {
-    let body: usize = msgs.clone().map(|m| m.encoded_len() + 10).sum();
+    let body: usize = msg_data.clone().map(|m| m.len() + 10).sum();
     let mut buf = Vec::with_capacity(body + conv.len() + 16);
     if last_seq != 0 {
         prost::encoding::int64::encode(1, &last_seq, &mut buf);
@@ -74,8 +85,8 @@ pub fn encode_mongo_record<'a>(
     if !conv.is_empty() {
         prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
     }
-    for m in msgs {
-        prost::encoding::message::encode(3, m, &mut buf);
+    for m in msg_data {
+        put_message_field(3, m, &mut buf);
     }
     buf
 }
@@ -401,11 +412,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .iter()
             .map(|it| !it.unit.stored || seen.insert(it.unit.msg.seq))
             .collect();
-        let mut records = self.mongo_records(&conv, &items, &forward);
+        // Each forwarded message is encoded once, for both of its records.
+        let encoded: Vec<Option<Vec<u8>>> = items
+            .iter()
+            .zip(&forward)
+            .map(|(it, fwd)| fwd.then(|| it.unit.msg.encode_to_vec()))
+            .collect();
+        let mut records = self.mongo_records(&conv, &items, &encoded);
         let mongo_records = records.len();
-        for (it, fwd) in items.iter().zip(&forward) {
-            if *fwd {
-                let value = encode_push_record(&it.unit.msg, &conv);
+        for (it, body) in items.iter().zip(&encoded) {
+            if let Some(body) = body {
+                let value = encode_push_record(body, &conv);
                 records.push(OutRecord {
                     topic: self.cfg.topics.to_push.clone(),
                     key: it.key.clone(),
@@ -463,14 +480,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
     }
 
-    /// `toMongo` records for the stored, forwarded messages: runs of
-    /// contiguous seqs (what OpenIM's persistence checks), each split so the
-    /// record stays under the producer's limit.
+    /// `toMongo` records for the stored, forwarded messages (those with an
+    /// encoding in `encoded`): runs of contiguous seqs (what OpenIM's
+    /// persistence checks), each split so the record stays under the
+    /// producer's limit.
     fn mongo_records(
         &self,
         conv: &str,
         items: &[TransferItem],
-        forward: &[bool],
+        encoded: &[Option<Vec<u8>>],
     ) -> Vec<OutRecord> {
         let limit = self
             .deps
@@ -479,34 +497,34 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .saturating_sub(self.cfg.envelope_margin_bytes)
             .max(1);
         let mut out = Vec::new();
-        let mut run: Vec<&TransferItem> = Vec::new();
+        let mut run: Vec<(&TransferItem, &[u8])> = Vec::new();
         let mut run_bytes = 0usize;
-        let flush = |run: &mut Vec<&TransferItem>, out: &mut Vec<OutRecord>| {
-            if run.is_empty() {
+        let flush = |run: &mut Vec<(&TransferItem, &[u8])>, out: &mut Vec<OutRecord>| {
+            let Some((first, _)) = run.first() else {
                 return;
-            }
-            let ctx = MsgContext::aggregate(run.iter().map(|it| it.ctx.as_ref()));
+            };
+            let ctx = MsgContext::aggregate(run.iter().map(|(it, _)| it.ctx.as_ref()));
             let value = encode_mongo_record(
-                run[0].unit.msg.seq - 1,
+                first.unit.msg.seq - 1,
                 conv,
-                run.iter().map(|it| &it.unit.msg),
+                run.iter().map(|(_, body)| *body),
             );
             out.push(OutRecord {
                 topic: self.cfg.topics.to_mongo.clone(),
-                key: run[0].key.clone(),
+                key: first.key.clone(),
                 value: Bytes::from(value),
                 headers: ctx.to_headers().into(),
             });
             run.clear();
         };
-        for (it, fwd) in items.iter().zip(forward) {
-            if !it.unit.stored || !fwd {
+        for (it, body) in items.iter().zip(encoded) {
+            let Some(body) = body.as_deref().filter(|_| it.unit.stored) else {
                 continue;
-            }
-            let size = it.unit.msg.encoded_len() + 8 + it.ctx.operation_id.len() + 1;
+            };
+            let size = body.len() + 8 + it.ctx.operation_id.len() + 1;
             let contiguous = run
                 .last()
-                .is_some_and(|prev| prev.unit.msg.seq + 1 == it.unit.msg.seq);
+                .is_some_and(|(prev, _)| prev.unit.msg.seq + 1 == it.unit.msg.seq);
             // Within our own persistence consumer's limits too.
             let full = run.len() >= self.cfg.limits.messages_per_record
                 || run_bytes + size > limit.min(self.cfg.limits.record_bytes);
@@ -514,7 +532,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 flush(&mut run, &mut out);
                 run_bytes = 0;
             }
-            run.push(it);
+            run.push((it, body));
             run_bytes += size;
         }
         flush(&mut run, &mut out);
@@ -627,7 +645,7 @@ mod tests {
                 conversation_id: conv.into(),
             }
             .encode_to_vec();
-            assert_eq!(encode_push_record(&m, conv), expected);
+            assert_eq!(encode_push_record(&m.encode_to_vec(), conv), expected);
         }
         let msgs = [msg(100), msg(101)];
         for (last, conv) in [(99, "sg_g"), (0, "sg_g"), (5, "")] {
@@ -637,7 +655,11 @@ mod tests {
                 msg_data: msgs.to_vec(),
             }
             .encode_to_vec();
-            assert_eq!(encode_mongo_record(last, conv, msgs.iter()), expected);
+            let bodies: Vec<Vec<u8>> = msgs.iter().map(Message::encode_to_vec).collect();
+            assert_eq!(
+                encode_mongo_record(last, conv, bodies.iter().map(Vec::as_slice)),
+                expected
+            );
         }
     }
 }
