@@ -549,12 +549,12 @@ pub fn load(
 
 // ---------------------------------------------------------------- readers
 
-/// A whole number in `min..=max`, `default` when not set.
 /// [`uint`] as a count.
 fn count(v: &View, name: &str, default: usize, min: u64, max: u64) -> Result<usize, ConfigError> {
     Ok(uint(v, name, default as u64, min, max)? as usize)
 }
 
+/// A whole number in `min..=max`, `default` when not set.
 fn uint(v: &View, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
     match v.int(name) {
         None => Ok(default),
