@@ -537,7 +537,7 @@ async fn the_dlq_commands_list_and_replay_a_refused_record_on_real_kafka() {
     use mongodb::bson::{Document, doc};
     use msgtransfer::domain::context::MsgContext;
     use msgtransfer::ports::{LogProducer, OutRecord};
-    use msgtransfer::proto::{MsgData, PushMsgDataToMq};
+    use msgtransfer::proto::MsgData;
     use prost::Message;
 
     let _turn = TURN.lock().await;
@@ -717,13 +717,11 @@ async fn the_dlq_commands_list_and_replay_a_refused_record_on_real_kafka() {
         .await
         .iter()
         .map(|r| {
-            let m = PushMsgDataToMq::decode(r.value.as_ref())
-                .unwrap()
-                .msg_data
-                .unwrap();
+            let m = msgtransfer::embedded::history::pushed(&r.value).expect("a toPush record");
             (m.client_msg_id, m.seq)
         })
         .collect();
+    assert!(pushed.iter().all(|(id, _)| !id.is_empty()), "{pushed:?}");
     let big_seqs: Vec<i64> = pushed
         .iter()
         .filter(|(id, _)| id == "m-big")

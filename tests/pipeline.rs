@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use msgtransfer::domain::context::MsgContext;
 use msgtransfer::domain::{bucket, cache_json, conversation};
+use msgtransfer::embedded::history;
 use msgtransfer::embedded::hook::EmbeddedHook;
 use msgtransfer::embedded::log::EmbeddedLog;
 use msgtransfer::embedded::redis::{EmbeddedRedis, Engine, shared_engine};
@@ -292,13 +293,7 @@ fn undecodable_records_and_unknown_session_types_go_to_the_dead_letter_topic() {
     let seqs: Vec<i64> = w
         .records(&t.to_push)
         .iter()
-        .map(|r| {
-            PushMsgDataToMq::decode(r.value.as_ref())
-                .unwrap()
-                .msg_data
-                .unwrap()
-                .seq
-        })
+        .map(|r| history::pushed(&r.value).expect("a toPush record").seq)
         .collect();
     assert_eq!(seqs, vec![1, 2]);
     assert_eq!(Metrics::get(&w.metrics.dlq_records), 2);
@@ -376,10 +371,7 @@ fn bad_input_goes_to_the_dead_letter_topic_and_a_replay_is_processed_once() {
         w.records(&t.to_push)
             .iter()
             .map(|r| {
-                let m = PushMsgDataToMq::decode(r.value.as_ref())
-                    .unwrap()
-                    .msg_data
-                    .unwrap();
+                let m = history::pushed(&r.value).expect("a toPush record");
                 (m.client_msg_id, m.seq)
             })
             .collect()
