@@ -187,6 +187,10 @@ impl Workload {
         self.push(b"86400");
         self.push(b"2592000");
         self.push_int(n as i64);
+        // The cache is written by the script (not Redis Cluster), and the
+        // ledger is kept with nothing looked up in it: the service's case.
+        self.push(b"1");
+        self.push(b"0");
         let (prefix, suffix) = (
             std::mem::take(&mut self.prefix),
             std::mem::take(&mut self.suffix),
