@@ -45,6 +45,7 @@
 -- up in the ledger before it may get a new seq. A seq from the ledger wins
 -- over the dedup table (the ledger is written before any seq is used).
 
+local ARGV = ARGV -- a local: read several times per message
 local malloc = KEYS[1]
 local conv = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -60,7 +61,8 @@ end
 local base = 14 + 2 * math.max(looked_n, 0)
 local senders_at = base + 4 * n
 
-local function num(x) return string.format('%d', x) end
+local format = string.format
+local function num(x) return format('%d', x) end
 
 -- 1. Dedup: which messages already have a seq (earlier delivery, or an
 --    earlier copy inside this batch)?
@@ -69,9 +71,10 @@ for i = 1, n do ids[i] = ARGV[base + 4 * (i - 1) + 1] end
 local cur_epoch = redis.call('HMGET', KEYS[2], unpack(ids))
 local prev_epoch = redis.call('HMGET', KEYS[3], unpack(ids))
 local seqs, hits, first_of = {}, {}, {}
+local seq_text = {} -- seqs[i] as decimal text, where already made
 local need = 0
-local recall = {} -- ledger seqs the dedup table lacks or has wrong
-local misses = {} -- indices of new messages with an ID
+local recall, n_recall = {}, 0 -- ledger seqs the dedup table lacks or has wrong
+local misses, n_misses = {}, 0 -- indices of new messages with an ID
 for i = 1, n do
   local id = ids[i]
   local known = cur_epoch[i] or prev_epoch[i]
@@ -80,8 +83,9 @@ for i = 1, n do
     seqs[i] = durable; hits[i] = 1
     if tonumber(known) ~= durable and not first_of[id] then
       first_of[id] = i
-      recall[#recall + 1] = id
-      recall[#recall + 1] = num(durable)
+      recall[n_recall + 1] = id
+      recall[n_recall + 2] = num(durable)
+      n_recall = n_recall + 2
     end
   elseif id ~= '' and known then
     seqs[i] = tonumber(known); hits[i] = 1
@@ -91,22 +95,25 @@ for i = 1, n do
     need = need + 1; hits[i] = 0
     if id ~= '' then
       first_of[id] = i
-      if looked[id] == nil then misses[#misses + 1] = i end
+      if looked[id] == nil then
+        n_misses = n_misses + 1
+        misses[n_misses] = i
+      end
     end
   end
 end
-if #recall > 0 then
+if n_recall > 0 then
   redis.call('HSET', KEYS[2], unpack(recall))
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 
 -- Whether new messages must be looked up in the ledger first.
 local function unresolved()
-  if looked_n < 0 or #misses == 0 then return nil end
+  if looked_n < 0 or n_misses == 0 then return nil end
   local until_ms = tonumber(redis.call('HGET', malloc, 'SUSPECT') or '0') or 0
   if until_ms <= now then return nil end
   local reply = {5}
-  for _, i in ipairs(misses) do reply[#reply + 1] = i end
+  for k = 1, n_misses do reply[k + 1] = misses[k] end
   return reply
 end
 
@@ -152,15 +159,19 @@ if need > 0 then
   end
   prev = curr
   local next_seq = curr
-  local fresh = {}
+  local fresh, n_fresh = {}, 0
   for i = 1, n do
     if hits[i] == 0 then
       next_seq = next_seq + 1
       seqs[i] = next_seq
       local id = ids[i]
       if id ~= '' then
-        fresh[#fresh + 1] = id
-        fresh[#fresh + 1] = num(next_seq)
+        -- The decimal text is kept for the cache key and value below.
+        local text = num(next_seq)
+        seq_text[i] = text
+        fresh[n_fresh + 1] = id
+        fresh[n_fresh + 2] = text
+        n_fresh = n_fresh + 2
       end
     end
   end
@@ -169,7 +180,7 @@ if need > 0 then
   end
   redis.call('HSET', malloc, 'CURR', num(next_seq), 'TIME', num(now))
   redis.call('EXPIRE', malloc, ARGV[8])
-  if #fresh > 0 then
+  if n_fresh > 0 then
     redis.call('HSET', KEYS[2], unpack(fresh))
     redis.call('PEXPIRE', KEYS[2], ARGV[7])
   end
@@ -194,15 +205,15 @@ local reply = {0, prev}
 for i = 1, n do
   local at = base + 4 * (i - 1)
   if write_cache then
-    local s = num(seqs[i])
+    local s = seq_text[i] or num(seqs[i])
     local key = 'MSG_CACHE:' .. conv .. ':' .. s
     redis.call('HSET', key, 'value', ARGV[at + 3] .. s .. ARGV[at + 4])
     redis.call('EXPIRE', key, ARGV[10])
     local who = tonumber(ARGV[at + 2])
     if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
   end
-  reply[#reply + 1] = seqs[i]
-  reply[#reply + 1] = hits[i]
+  reply[2 * i + 1] = seqs[i]
+  reply[2 * i + 2] = hits[i]
 end
 for who, s in pairs(top) do
   local key = 'SEQ_USER_READ:' .. conv .. ':' .. ARGV[senders_at + who]

@@ -52,7 +52,10 @@ struct State {
     seq: FxHashMap<String, SeqDoc>,
     msg: FxHashMap<String, Vec<Slot>>,
     seq_user: FxHashMap<(String, String), i64>,
-    ledger: BTreeMap<i64, FxHashMap<(String, String), i64>>,
+    /// Ledger tables per epoch: conversation → clientMsgID → seq (nested,
+    /// so recording a batch copies neither the conversation ID per entry
+    /// nor the message IDs it is given).
+    ledger: BTreeMap<i64, FxHashMap<String, FxHashMap<String, i64>>>,
     /// Every `seq_user.read_seq` value written, in order, when kept.
     read_seq_log: Option<Vec<(String, String, i64)>>,
     ops: u64,
@@ -270,13 +273,21 @@ impl DocStore for EmbeddedStore {
         let r = self.run(|st| {
             st.ledger.retain(|e, _| *e >= epoch - 1);
             let table = st.ledger.entry(epoch).or_default();
+            let conv = match table.get_mut(conversation_id) {
+                Some(conv) => conv,
+                None => table.entry(conversation_id.to_string()).or_default(),
+            };
             let mut conflicts = Vec::new();
             for (id, seq) in entries {
-                let recorded = *table
-                    .entry((conversation_id.to_string(), id.clone()))
-                    .or_insert(seq);
-                if recorded != seq {
-                    conflicts.push((id, recorded));
+                match conv.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        if *e.get() != seq {
+                            conflicts.push((e.key().clone(), *e.get()));
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(seq);
+                    }
                 }
             }
             conflicts
@@ -293,9 +304,12 @@ impl DocStore for EmbeddedStore {
             client_msg_ids
                 .into_iter()
                 .filter_map(|id| {
-                    let key = (conversation_id.to_string(), id);
-                    let seq = st.ledger.values().rev().find_map(|t| t.get(&key))?;
-                    Some((key.1, *seq))
+                    let seq = st
+                        .ledger
+                        .values()
+                        .rev()
+                        .find_map(|t| t.get(conversation_id)?.get(&id))?;
+                    Some((id, *seq))
                 })
                 .collect()
         });
