@@ -118,6 +118,8 @@ pub struct DemoOutcome {
     /// `elapsed_s`, where the clock can tell. Less noisy than `msgs_per_s`
     /// on a shared machine: it counts the work, not the waiting.
     pub service_cpu_s: Option<f64>,
+    /// `service_cpu_s` per distinct message, µs.
+    pub cpu_us_per_msg: Option<f64>,
     /// Median produce → persisted latency, ms.
     pub p50_ms: f64,
     /// 99th percentile produce → persisted latency, ms.
@@ -451,11 +453,13 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         })
         .collect();
     lat.sort_unstable();
+    let service_cpu_s = start_cpu
+        .zip(end_cpu)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
     Ok(DemoOutcome {
         msgs_per_s: args.messages as f64 / elapsed_s.max(1e-9),
-        service_cpu_s: start_cpu
-            .zip(end_cpu)
-            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6),
+        service_cpu_s,
+        cpu_us_per_msg: service_cpu_s.map(|cpu| cpu * 1e6 / (args.messages.max(1) as f64)),
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         report,
@@ -490,10 +494,11 @@ pub fn summary(args: &DemoArgs, o: &DemoOutcome) -> String {
         o.generate_s,
         o.elapsed_s,
         o.msgs_per_s,
-        o.service_cpu_s.map_or(String::new(), |cpu| format!(
-            "{cpu:.1} CPU s ({:.1} us/msg), ",
-            cpu * 1e6 / (args.messages.max(1) as f64)
-        )),
+        o.service_cpu_s
+            .zip(o.cpu_us_per_msg)
+            .map_or(String::new(), |(cpu, per_msg)| format!(
+                "{cpu:.1} CPU s ({per_msg:.1} us/msg), "
+            )),
         o.p50_ms,
         o.p99_ms,
         o.restarts,
@@ -555,7 +560,7 @@ pub fn json_line(args: &DemoArgs, o: &DemoOutcome) -> String {
         "elapsed_s": (o.elapsed_s * 1000.0).round() / 1000.0,
         "msgs_per_s": o.msgs_per_s.round(),
         "service_cpu_s": o.service_cpu_s.map(|c| (c * 100.0).round() / 100.0),
-        "cpu_us_per_msg": o.service_cpu_s.map(|c| (c * 1e7 / (args.messages.max(1) as f64)).round() / 10.0),
+        "cpu_us_per_msg": o.cpu_us_per_msg.map(|c| (c * 10.0).round() / 10.0),
         "p50_ms": (o.p50_ms * 10.0).round() / 10.0,
         "p99_ms": (o.p99_ms * 10.0).round() / 10.0,
         "clean": o.clean(),
