@@ -19,17 +19,18 @@
 use std::sync::Arc;
 
 use msgtransfer::backends::mongo::MongoStore;
-use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::ports::DocStore;
 use msgtransfer::ports::clock::{Clock, SystemClock};
+use msgtransfer::ports::store::SlotMsg;
+use msgtransfer::proto::MsgData;
 
-fn message(conv: usize, seq: i64) -> std::sync::Arc<MsgDataModel> {
-    std::sync::Arc::new(message_model(conv, seq))
+fn message(conv: usize, seq: i64) -> std::sync::Arc<SlotMsg> {
+    std::sync::Arc::new(SlotMsg::encode(message_data(conv, seq)))
 }
 
-fn message_model(conv: usize, seq: i64) -> MsgDataModel {
+fn message_data(conv: usize, seq: i64) -> MsgData {
     let words = " lorem".repeat(12);
-    MsgDataModel {
+    MsgData {
         send_id: format!("u{conv}"),
         recv_id: format!("u{}", conv + 1),
         client_msg_id: format!("bench-{conv}-{seq}"),
@@ -39,12 +40,12 @@ fn message_model(conv: usize, seq: i64) -> MsgDataModel {
         session_type: 1,
         msg_from: 100,
         content_type: 101,
-        content: format!("{{\"content\":\"message {seq}{words}\"}}"),
+        content: format!("{{\"content\":\"message {seq}{words}\"}}").into_bytes(),
         seq,
         send_time: 1_764_000_000_000 + seq,
         create_time: 1_764_000_000_000 + seq,
         status: 2,
-        ..MsgDataModel::default()
+        ..MsgData::default()
     }
 }
 

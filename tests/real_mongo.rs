@@ -13,15 +13,12 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use msgtransfer::backends::mongo::MongoStore;
-use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::ports::DocStore;
+use msgtransfer::ports::store::SlotMsg;
+use msgtransfer::proto::MsgData;
 
-fn message(seq: i64, text: &str) -> std::sync::Arc<MsgDataModel> {
-    std::sync::Arc::new(message_model(seq, text))
-}
-
-fn message_model(seq: i64, text: &str) -> MsgDataModel {
-    MsgDataModel {
+fn message(seq: i64, text: &str) -> std::sync::Arc<SlotMsg> {
+    std::sync::Arc::new(SlotMsg::encode(MsgData {
         send_id: "alice".into(),
         recv_id: "bob".into(),
         client_msg_id: format!("c{seq}"),
@@ -30,13 +27,13 @@ fn message_model(seq: i64, text: &str) -> MsgDataModel {
         session_type: 1,
         msg_from: 100,
         content_type: 101,
-        content: text.into(),
+        content: text.as_bytes().to_vec(),
         seq,
         send_time: 1_764_000_000_000 + seq,
         create_time: 1_764_000_000_000 + seq,
         status: 2,
-        ..MsgDataModel::default()
-    }
+        ..MsgData::default()
+    }))
 }
 
 async fn bucket(db: &mongodb::Database, doc_id: &str) -> Document {

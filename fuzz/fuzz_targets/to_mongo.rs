@@ -22,6 +22,7 @@ use msgtransfer::domain::model::MsgDataModel;
 use msgtransfer::domain::status;
 use msgtransfer::pipeline::consumer::{ConvKey, Handler};
 use msgtransfer::pipeline::transfer::encode_mongo_record;
+use msgtransfer::ports::store::SlotMsg;
 use msgtransfer::proto::{MsgData, MsgDataToMongoByMq};
 use msgtransfer_fuzz::{assert_roundtrip, persist_handler, record, runtime};
 use prost::Message;
@@ -128,10 +129,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(items.len(), rec.msg_data.len());
     for ((conv, m), want) in items.iter().zip(&rec.msg_data) {
         assert_eq!(&**conv, rec.conversation_id.as_str());
-        assert_eq!(m, want);
+        // The message's own bytes, and the document made from them.
+        assert_eq!(
+            &MsgData::decode(m.encoded().clone()).expect("its bytes decode"),
+            want
+        );
+        check_model(want, m.model());
     }
     let conv: ConvKey = items[0].0.clone();
-    let msgs: Vec<MsgData> = items.into_iter().map(|(_, m)| m).collect();
+    let msgs: Vec<SlotMsg> = items.into_iter().map(|(_, m)| m).collect();
 
     RT.with(|rt| rt.block_on(persist.process(conv.clone(), msgs)));
 

@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::{Fault, FaultPlan};
 use crate::domain::bucket::SLOTS_PER_DOC;
 use crate::domain::model::MsgDataModel;
-use crate::ports::store::SlotWrite;
+use crate::ports::store::{SlotMsg, SlotWrite};
 use crate::ports::{BoxFuture, DocStore, StoreError};
 
 /// One slot of a `msg` bucket.
@@ -33,6 +34,32 @@ pub struct Slot {
     pub del_list: Vec<String>,
     /// Read flag (kept across rewrites).
     pub is_read: bool,
+}
+
+/// A slot as the store keeps it: the message as the `sdkws.MsgData` bytes
+/// it was written from (a shared slice of the record that carried it), so a
+/// stored message costs the store a reference, not a copy. The document is
+/// rebuilt from them when read.
+#[derive(Clone, Debug, Default)]
+struct KeptSlot {
+    msg: Option<Bytes>,
+    del_list: Vec<String>,
+    is_read: bool,
+}
+
+impl KeptSlot {
+    fn to_slot(&self) -> Slot {
+        Slot {
+            msg: self.msg.as_ref().map(|b| Arc::new(model_of(b))),
+            del_list: self.del_list.clone(),
+            is_read: self.is_read,
+        }
+    }
+}
+
+/// The document of kept bytes, which were checked when written.
+fn model_of(encoded: &Bytes) -> MsgDataModel {
+    SlotMsg::model_of(encoded).expect("the store keeps only messages that decoded when written")
 }
 
 /// A `seq` document.
@@ -50,7 +77,7 @@ pub type WriteObserver = Box<dyn Fn(&str, &MsgDataModel) + Send + Sync>;
 #[derive(Default)]
 struct State {
     seq: FxHashMap<String, SeqDoc>,
-    msg: FxHashMap<String, Vec<Slot>>,
+    msg: FxHashMap<String, Vec<KeptSlot>>,
     seq_user: FxHashMap<(String, String), i64>,
     /// Ledger tables per epoch: conversation → clientMsgID → seq (nested,
     /// so recording a batch copies neither the conversation ID per entry
@@ -159,7 +186,10 @@ impl EmbeddedStore {
     /// Every bucket, sorted by `doc_id`.
     pub fn buckets(&self) -> BTreeMap<String, Vec<Slot>> {
         let st = self.state.lock();
-        st.msg.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        st.msg
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(KeptSlot::to_slot).collect()))
+            .collect()
     }
 
     /// Calls `f` for every stored message with its bucket's `doc_id` and slot.
@@ -170,7 +200,7 @@ impl EmbeddedStore {
         for id in ids {
             for (i, slot) in st.msg[id].iter().enumerate() {
                 if let Some(m) = &slot.msg {
-                    f(id, i, m);
+                    f(id, i, &model_of(m));
                 }
             }
         }
@@ -251,12 +281,12 @@ impl DocStore for EmbeddedStore {
             let bucket = st
                 .msg
                 .entry(doc_id.clone())
-                .or_insert_with(|| vec![Slot::default(); SLOTS_PER_DOC as usize]);
+                .or_insert_with(|| vec![KeptSlot::default(); SLOTS_PER_DOC as usize]);
             for (i, m) in slots {
                 if let Some(obs) = &observer {
-                    obs(&doc_id, &m);
+                    obs(&doc_id, m.model());
                 }
-                bucket[i].msg = Some(m);
+                bucket[i].msg = Some(m.encoded().clone());
             }
             Ok(())
         });
@@ -339,12 +369,12 @@ impl DocStore for EmbeddedStore {
 mod tests {
     use super::*;
 
-    fn model(seq: i64, id: &str) -> Arc<MsgDataModel> {
-        Arc::new(MsgDataModel {
+    fn model(seq: i64, id: &str) -> Arc<SlotMsg> {
+        Arc::new(SlotMsg::encode(crate::proto::MsgData {
             seq,
             client_msg_id: id.into(),
             ..Default::default()
-        })
+        }))
     }
 
     #[tokio::test(flavor = "current_thread")]

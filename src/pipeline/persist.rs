@@ -11,16 +11,61 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ::bytes::{Buf, Bytes};
 use prost::Message;
+use prost::encoding::{DecodeContext, bytes, decode_key, int64, skip_field, string};
 
 use super::consumer::{ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::domain::bucket;
 use crate::domain::limits::Limits;
-use crate::domain::model::MsgDataModel;
 use crate::metrics::Metrics;
+use crate::ports::store::SlotMsg;
 use crate::ports::{BoxFuture, DocStore, Record, Rng, SharedClock};
-use crate::proto::{MsgData, MsgDataToMongoByMq};
+use crate::proto::MsgData;
+
+/// A `toMongo` record (`MsgDataToMongoByMQ`) as the persistence stage reads
+/// it: the conversation and each message both decoded and as the bytes it
+/// was decoded from. The bytes are slices of the record's value, not copies,
+/// so a store may keep them for the price of a reference.
+#[derive(Debug, Default, PartialEq)]
+pub struct MongoRecord {
+    /// `lastSeq` (field 1).
+    pub last_seq: i64,
+    /// `conversationID` (field 2).
+    pub conversation_id: String,
+    /// `msgData` (field 3): each message's encoding and the message.
+    pub msgs: Vec<(Bytes, MsgData)>,
+}
+
+impl MongoRecord {
+    /// Decodes `value` as prost decodes `MsgDataToMongoByMq` (same fields,
+    /// same acceptance: unknown fields skipped, a repeated scalar's last
+    /// value kept), keeping each message's bytes.
+    pub fn decode(value: &Bytes) -> Result<Self, prost::DecodeError> {
+        let mut buf = value.clone();
+        let mut out = Self::default();
+        while buf.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            let ctx = DecodeContext::default();
+            match tag {
+                1 => int64::merge(wire_type, &mut out.last_seq, &mut buf, ctx)?,
+                2 => string::merge(wire_type, &mut out.conversation_id, &mut buf, ctx)?,
+                3 => {
+                    // Read from a `Bytes`, the slice is shared, not copied;
+                    // the message is decoded from a plain slice of it (no
+                    // reference counting per field).
+                    let mut body = Bytes::new();
+                    bytes::merge(wire_type, &mut body, &mut buf, ctx)?;
+                    let msg = MsgData::decode(body.as_ref())?;
+                    out.msgs.push((body, msg));
+                }
+                _ => skip_field(wire_type, tag, &mut buf, ctx)?,
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// The backends of the persistence stage.
 pub struct PersistDeps {
@@ -51,21 +96,22 @@ impl Persist {
         }
     }
 
-    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<MsgData>) {
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<SlotMsg>) {
         // Later copies of a seq win, as later writes would in Mongo.
-        let mut buckets: BTreeMap<i64, BTreeMap<usize, Arc<MsgDataModel>>> = BTreeMap::new();
+        let mut buckets: BTreeMap<i64, BTreeMap<usize, Arc<SlotMsg>>> = BTreeMap::new();
         for m in items {
+            let seq = m.model().seq;
             buckets
-                .entry(bucket::doc_index(m.seq))
+                .entry(bucket::doc_index(seq))
                 .or_default()
-                .insert(bucket::slot(m.seq), Arc::new(MsgDataModel::from_owned(m)));
+                .insert(bucket::slot(seq), Arc::new(m));
         }
         Metrics::add(&self.deps.metrics.persist_batches, 1);
         for (index, slots) in buckets {
             let doc_id = format!("{conv}:{index}");
             let writes: Vec<_> = slots.into_iter().collect();
             let n = writes.len() as u64;
-            let sent: Vec<i64> = writes.iter().map(|(_, m)| m.send_time).collect();
+            let sent: Vec<i64> = writes.iter().map(|(_, m)| m.model().send_time).collect();
             let mut retry = Retrier::new(&self.backoff);
             loop {
                 // A retry needs the writes again: the clone shares the messages.
@@ -104,25 +150,25 @@ impl Persist {
 }
 
 impl Handler for Persist {
-    type Item = MsgData;
+    type Item = SlotMsg;
 
-    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, MsgData)>, Rejection> {
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, SlotMsg)>, Rejection> {
         Metrics::add(&self.deps.metrics.mongo_records_in, 1);
         self.limits
             .check_record(record.value.len(), &record.headers)?;
-        let rec = MsgDataToMongoByMq::decode(record.value.as_ref())
+        let rec = MongoRecord::decode(&record.value)
             .map_err(|e| Rejection(format!("value is not a msg.MsgDataToMongoByMQ: {e}")))?;
-        self.limits.check_count(rec.msg_data.len())?;
-        for m in &rec.msg_data {
+        self.limits.check_count(rec.msgs.len())?;
+        for (_, m) in &rec.msgs {
             self.limits.check_msg(m)?;
         }
         if rec.conversation_id.is_empty() {
             return Err(Rejection("conversationID is empty".into()));
         }
-        if rec.msg_data.is_empty() {
+        if rec.msgs.is_empty() {
             return Err(Rejection("msgData is empty".into()));
         }
-        if let Some(bad) = rec.msg_data.iter().find(|m| m.seq < 1) {
+        if let Some((_, bad)) = rec.msgs.iter().find(|(_, m)| m.seq < 1) {
             return Err(Rejection(format!(
                 "message {} has seq {}",
                 bad.client_msg_id, bad.seq
@@ -130,16 +176,16 @@ impl Handler for Persist {
         }
         let conv: ConvKey = Arc::from(rec.conversation_id.as_str());
         Ok(rec
-            .msg_data
+            .msgs
             .into_iter()
-            .map(|m| (conv.clone(), m))
+            .map(|(body, m)| (conv.clone(), SlotMsg::decoded(m, body)))
             .collect())
     }
 
     fn process(
         self: Arc<Self>,
         conversation: ConvKey,
-        items: Vec<MsgData>,
+        items: Vec<SlotMsg>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(self.process_batch(conversation, items))
     }
@@ -148,6 +194,98 @@ impl Handler for Persist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    use crate::proto::MsgDataToMongoByMq;
+
+    /// What prost makes of `value`, and what [`MongoRecord::decode`] does,
+    /// in one shape: `None` when it is refused.
+    fn both(value: &[u8]) -> (Option<MsgDataToMongoByMq>, Option<MsgDataToMongoByMq>) {
+        let ours = MongoRecord::decode(&Bytes::copy_from_slice(value))
+            .ok()
+            .map(|r| {
+                for (body, m) in &r.msgs {
+                    assert_eq!(&MsgData::decode(body.as_ref()).unwrap(), m);
+                }
+                MsgDataToMongoByMq {
+                    last_seq: r.last_seq,
+                    conversation_id: r.conversation_id,
+                    msg_data: r.msgs.into_iter().map(|(_, m)| m).collect(),
+                }
+            });
+        (MsgDataToMongoByMq::decode(value).ok(), ours)
+    }
+
+    fn msg(seq: i64, id: &str) -> MsgData {
+        MsgData {
+            seq,
+            client_msg_id: id.into(),
+            content: b"hello".to_vec(),
+            send_id: "u1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn record_decoding_agrees_with_prost_and_keeps_each_message_bytes() {
+        let rec = MsgDataToMongoByMq {
+            last_seq: 6,
+            conversation_id: "si_u1_u2".into(),
+            msg_data: vec![msg(7, "a"), msg(8, "b")],
+        };
+        let value = Bytes::from(rec.encode_to_vec());
+        let ours = MongoRecord::decode(&value).unwrap();
+        assert_eq!(ours.last_seq, 6);
+        assert_eq!(ours.conversation_id, "si_u1_u2");
+        assert_eq!(ours.msgs.len(), 2);
+        for ((body, m), want) in ours.msgs.iter().zip(&rec.msg_data) {
+            assert_eq!(m, want);
+            assert_eq!(body.as_ref(), want.encode_to_vec().as_slice());
+            // A slice of the record, not a copy.
+            let at = body.as_ptr() as usize - value.as_ptr() as usize;
+            assert!(at < value.len());
+        }
+        // Refused alike: truncated, a wrong wire type, bad UTF-8.
+        let full = rec.encode_to_vec();
+        for bad in [
+            full[..full.len() - 1].to_vec(),
+            vec![0x0a, 0x01, 0x00],
+            vec![0x12, 0x01, 0xff],
+            vec![0x1a, 0x05, 0x01],
+        ] {
+            assert_eq!(both(&bad), (None, None), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn record_decoding_agrees_with_prost_on_any_bytes(
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+            seqs in proptest::collection::vec(1i64..1000, 0..4),
+            cut in any::<prop::sample::Index>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let (theirs, ours) = both(&value);
+            prop_assert_eq!(theirs, ours);
+            // Valid records, cut anywhere or with junk after them.
+            let rec = MsgDataToMongoByMq {
+                last_seq: seqs.first().copied().unwrap_or(0) - 1,
+                conversation_id: "sg_g1".into(),
+                msg_data: seqs.iter().map(|s| msg(*s, &format!("m{s}"))).collect(),
+            };
+            let full = rec.encode_to_vec();
+            let (theirs, ours) = both(&full);
+            prop_assert_eq!(theirs.as_ref(), Some(&rec));
+            prop_assert_eq!(ours.as_ref(), Some(&rec));
+            let (theirs, ours) = both(&full[..cut.index(full.len() + 1)]);
+            prop_assert_eq!(theirs, ours);
+            let mut long = full.clone();
+            long.extend(&junk);
+            let (theirs, ours) = both(&long);
+            prop_assert_eq!(theirs, ours);
+        }
+    }
 
     #[test]
     fn bucket_doc_ids_match_the_domain_rule() {

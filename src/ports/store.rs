@@ -14,8 +14,13 @@
 //!   clientMsgID)` got, so dedup survives a Redis that lost its data
 //!   (`crate::cache`). Entries are remembered for at least one dedup window.
 
+use bytes::Bytes;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
 use super::BoxFuture;
 use crate::domain::model::MsgDataModel;
+use crate::proto::MsgData;
 
 /// Store failures.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,8 +34,67 @@ pub enum StoreError {
     Refused(String),
 }
 
+/// A message on its way into a bucket slot: the document Mongo stores
+/// under `msgs.N.msg`, and the `sdkws.MsgData` bytes it was made from.
+///
+/// The bytes let a store keep a message in the form it arrived in (usually
+/// a slice of the `toMongo` record, shared rather than copied) and rebuild
+/// the document when it is read: the embedded store does, and so holds a
+/// message in a few dozen bytes of its own instead of a tree of strings.
+/// The two always agree: the document is made from the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMsg {
+    model: MsgDataModel,
+    encoded: Bytes,
+}
+
+impl SlotMsg {
+    /// The slot message for `encoded`, an `sdkws.MsgData`.
+    pub fn decode(encoded: Bytes) -> Result<Self, prost::DecodeError> {
+        let msg = MsgData::decode(encoded.as_ref())?;
+        Ok(Self::decoded(msg, encoded))
+    }
+
+    /// The slot message for `msg`, encoding it.
+    pub fn encode(msg: MsgData) -> Self {
+        let encoded = Bytes::from(msg.encode_to_vec());
+        Self::decoded(msg, encoded)
+    }
+
+    /// The slot message for `msg`, which is what `encoded` decodes to (the
+    /// caller decoded it already; checked in debug builds).
+    pub fn decoded(msg: MsgData, encoded: Bytes) -> Self {
+        debug_assert!(
+            MsgData::decode(encoded.as_ref()).as_ref() == Ok(&msg),
+            "SlotMsg: the message is not what its bytes decode to"
+        );
+        Self {
+            model: MsgDataModel::from_owned(msg),
+            encoded,
+        }
+    }
+
+    /// The document for `msgs.N.msg`.
+    pub fn model(&self) -> &MsgDataModel {
+        &self.model
+    }
+
+    /// The `sdkws.MsgData` bytes the document was made from.
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// The document `encoded` makes, as [`Self::model`] of the slot message
+    /// built from the same bytes; `None` if they are not an `sdkws.MsgData`.
+    pub fn model_of(encoded: &Bytes) -> Option<MsgDataModel> {
+        MsgData::decode(encoded.as_ref())
+            .ok()
+            .map(MsgDataModel::from_owned)
+    }
+}
+
 /// One slot write: the slot index (0..100) and the message for it.
-pub type SlotWrite = (usize, std::sync::Arc<MsgDataModel>);
+pub type SlotWrite = (usize, std::sync::Arc<SlotMsg>);
 
 /// The Mongo operations of the service.
 pub trait DocStore: Send + Sync + 'static {
