@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use msgtransfer::cache::{
-    self, AssignItem, AssignState, Assignment, CacheConfig, dedup_key, malloc_key, msg_cache_key,
+    self, AssignItem, Assignment, CacheConfig, TokenSource, dedup_key, malloc_key, msg_cache_key,
     read_seq_key,
 };
 use msgtransfer::embedded::redis::{EmbeddedRedis, shared_engine};
@@ -27,7 +27,7 @@ const NOW_MS: i64 = 1_764_000_000_000;
 struct Side<C> {
     conn: C,
     store: EmbeddedStore,
-    tokens: AssignState,
+    tokens: TokenSource,
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Side<C> {
@@ -35,7 +35,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Side<C> {
         Side {
             conn,
             store: EmbeddedStore::new(),
-            tokens: AssignState::new(&SeededRng::new(5)),
+            tokens: TokenSource::new(&SeededRng::new(5)),
         }
     }
 
@@ -285,7 +285,7 @@ async fn concurrent_writers_never_share_a_seq_on_real_redis() {
         let mut conn = support::redis_conn().await;
         let (conv, store, clock) = (conv.clone(), store.clone(), clock.clone());
         tasks.push(tokio::spawn(async move {
-            let tokens = AssignState::new(&SeededRng::new(w));
+            let tokens = TokenSource::new(&SeededRng::new(w));
             let mut seqs = Vec::new();
             for b in 0..40 {
                 let ids: Vec<String> = (0..7).map(|i| format!("w{w}b{b}i{i}")).collect();

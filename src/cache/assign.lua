@@ -18,11 +18,7 @@
 -- ARGV[11] SEQ_USER_READ TTL, s
 -- ARGV[12] n, the number of messages
 -- ARGV[13] 1: write MSG_CACHE and SEQ_USER_READ here; 0: leave them to the
---          caller (Redis Cluster, where those keys live in other slots);
---          2: a probe, whose messages carry no cache JSON: do everything a
---          call does up to the allocation itself (dedup lookups, taking the
---          lock for a refill), but where a call would allocate, or find
---          nothing to allocate, answer {6} and change nothing
+--          caller (Redis Cluster, where those keys live in other slots)
 -- ARGV[14] d: clientMsgIDs looked up in the durable ledger (Mongo) follow
 --          as d pairs (clientMsgID, seq), seq 0 = not recorded; -1 = the
 --          caller keeps no ledger (never ask for a lookup)
@@ -32,16 +28,13 @@
 -- then the sender user IDs, indexed from 1.
 --
 -- Replies:
---   {0, prev, last, seq_1, hit_1, ..., seq_n, hit_n}
---                               done; prev = CURR before, last = LAST after
---                               (0 when nothing was allocated)
+--   {0, prev, seq_1, hit_1, ..., seq_n, hit_n}  done; prev = CURR before
 --   {1, need}                   key missing, lock taken: reserve and retry
 --   {3, need}                   block exhausted, lock taken: reserve and retry
 --   {2}                         another refill holds the lock: wait, retry
 --   {4}                         our refill lost its lock: start over
 --   {5, i_1, ..., i_k}          Redis lost this conversation's history:
 --                               look messages i_1..i_k up in the ledger, retry
---   {6}                         (probe only) the call can go ahead
 -- Numbers are written with %d so large seqs never turn into 1e+15.
 --
 -- Recovery after Redis lost its data. A refill that finds MALLOC_SEQ
@@ -60,7 +53,6 @@ local token = ARGV[3]
 local mode = tonumber(ARGV[4])
 local n = tonumber(ARGV[12])
 local write_cache = ARGV[13] == '1'
-local probe = ARGV[13] == '2'
 local looked_n = tonumber(ARGV[14])
 local looked = {}
 for j = 1, math.max(looked_n, 0) do
@@ -110,7 +102,6 @@ for i = 1, n do
     end
   end
 end
-if probe and need == 0 then return {6} end
 if n_recall > 0 then
   redis.call('HSET', KEYS[2], unpack(recall))
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
@@ -128,7 +119,6 @@ end
 
 -- 2. Allocation, compatible with OpenIM's MALLOC_SEQ protocol.
 local prev = 0
-local last_after = 0
 if need > 0 then
   local h = redis.call('HMGET', malloc, 'CURR', 'LAST', 'LOCK')
   -- Every writer of this hash (ours and OpenIM's) sets CURR and LAST
@@ -167,9 +157,7 @@ if need > 0 then
     redis.call('PEXPIRE', malloc, ARGV[9])
     return {3, need}
   end
-  if probe then return {6} end
   prev = curr
-  last_after = last
   local next_seq = curr
   local fresh, n_fresh = {}, 0
   for i = 1, n do
@@ -213,7 +201,7 @@ end
 -- 3. Message cache (every message, hits included: the earlier delivery may
 --    not have got this far) and the senders' read seqs, max-only.
 local top = {}
-local reply = {0, prev, last_after}
+local reply = {0, prev}
 for i = 1, n do
   local at = base + 4 * (i - 1)
   if write_cache then
@@ -224,8 +212,8 @@ for i = 1, n do
     local who = tonumber(ARGV[at + 2])
     if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
   end
-  reply[2 * i + 2] = seqs[i]
-  reply[2 * i + 3] = hits[i]
+  reply[2 * i + 1] = seqs[i]
+  reply[2 * i + 2] = hits[i]
 end
 for who, s in pairs(top) do
   local key = 'SEQ_USER_READ:' .. conv .. ':' .. ARGV[senders_at + who]

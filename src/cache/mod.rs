@@ -23,11 +23,6 @@
 //! Only when the cached block is exhausted (or missing) does it take
 //! OpenIM's `LOCK`, return, and let us reserve a new block in Mongo
 //! (`$inc max_seq`) before calling it again to install the block and finish.
-//! A batch that this process expects to need a refill (its conversation is
-//! new here, or the room left in the block is smaller than the batch) goes
-//! first as a probe, with the message IDs but without the cache JSON, so the
-//! JSON travels once: on the 1M-message demo, refills had made a third of
-//! all messages cross to Redis twice.
 //! Every seq handed out comes from a Mongo reservation, so seqs stay unique
 //! across Redis restarts; the unused rest of a block is a gap, as in OpenIM.
 //!
@@ -165,8 +160,6 @@ pub struct AssignItem<'a> {
 pub struct Assignment {
     /// `CURR` before this allocation (0 when nothing new was allocated).
     pub prev: i64,
-    /// `LAST` after this allocation (0 when nothing new was allocated).
-    pub last: i64,
     /// The seq of each message, in input order.
     pub seqs: Vec<i64>,
     /// Whether each message's seq was already known (a redelivery or a copy
@@ -184,50 +177,22 @@ static PUT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(includ
 static ASSIGN_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(ASSIGN_SOURCE).get_hash().to_string());
 
-/// What one process keeps between [`assign`] calls.
-///
 /// Lock tokens for `MALLOC_SEQ` refills: a random prefix drawn once from the
 /// injected RNG plus a counter, so every refill holds a token no other
 /// holder has (OpenIM's Lua-generated token is effectively constant) without
 /// drawing randomness on every call.
-///
-/// And per conversation, the room the last assignment left in its block
-/// (`LAST − CURR`), as far as this process has seen. A batch that may not
-/// fit (or of a conversation not seen yet) is first sent as a probe without
-/// its cache JSON, so that a refill does not cost a whole batch of JSON
-/// sent for nothing. The knowledge may be stale (another instance took
-/// seqs meanwhile); the script decides either way, so a wrong guess costs a
-/// round trip, never a wrong seq.
 #[derive(Debug)]
-pub struct AssignState {
+pub struct TokenSource {
     prefix: String,
     next: std::sync::atomic::AtomicU64,
-    room: parking_lot::Mutex<rustc_hash::FxHashMap<String, i64>>,
 }
 
-impl AssignState {
-    /// A state whose tokens start with 128 random bits from `rng`.
+impl TokenSource {
+    /// A source whose tokens start with 128 random bits from `rng`.
     pub fn new(rng: &dyn Rng) -> Self {
         Self {
             prefix: rng.token(),
             next: std::sync::atomic::AtomicU64::new(0),
-            room: parking_lot::Mutex::default(),
-        }
-    }
-
-    /// Seqs left in the block of `conversation_id` after its last
-    /// assignment here, if one allocated.
-    pub fn room(&self, conversation_id: &str) -> Option<i64> {
-        self.room.lock().get(conversation_id).copied()
-    }
-
-    fn set_room(&self, conversation_id: &str, room: i64) {
-        let mut rooms = self.room.lock();
-        match rooms.get_mut(conversation_id) {
-            Some(r) => *r = room,
-            None => {
-                rooms.insert(conversation_id.to_string(), room);
-            }
         }
     }
 
@@ -272,7 +237,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
     conn: &mut C,
     store: &dyn DocStore,
     clock: &dyn Clock,
-    tokens: &AssignState,
+    tokens: &TokenSource,
     cfg: &CacheConfig,
     conversation_id: &str,
     items: &[AssignItem<'_>],
@@ -280,7 +245,6 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
     if items.is_empty() {
         return Ok(Assignment {
             prev: 0,
-            last: 0,
             seqs: Vec::new(),
             hits: Vec::new(),
         });
@@ -301,11 +265,6 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
         .collect();
     let token = tokens.token();
     let mut refill: Option<Refill> = None;
-    // Probe first unless the block is known to have room for every message.
-    let mut probe = cfg.cache_in_script
-        && tokens
-            .room(conversation_id)
-            .is_none_or(|r| r < items.len() as i64);
     let mut lock_waits = 0u32;
     let mut wait = cfg.lock_wait_initial;
     // clientMsgID → seq from the ledger (0: not recorded), passed to the
@@ -317,14 +276,9 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
         let now = clock.now_ms();
         let epoch = now / cfg.dedup_window_ms.max(1);
         let (mode, base, block) = refill.map_or((0, 0, 0), |r| (r.mode, r.base, r.block));
-        let with_json = cfg.cache_in_script && !probe;
         let json_bytes: usize = items
             .iter()
-            .map(|it| {
-                usize::from(with_json) * (it.json_prefix.len() + it.json_suffix.len())
-                    + it.client_msg_id.len()
-                    + 8
-            })
+            .map(|it| it.json_prefix.len() + it.json_suffix.len() + it.client_msg_id.len() + 8)
             .sum();
         let looked_bytes: usize = looked.keys().map(|k| k.len() + 20).sum();
         let mut cmd = redis::Cmd::with_capacity(
@@ -349,11 +303,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             .arg(cfg.msg_cache_ttl_s)
             .arg(cfg.read_seq_ttl_s)
             .arg(items.len())
-            .arg(if probe {
-                2
-            } else {
-                u8::from(cfg.cache_in_script)
-            });
+            .arg(u8::from(cfg.cache_in_script));
         if cfg.ledger {
             cmd.arg(looked.len());
             for (id, seq) in &looked {
@@ -363,7 +313,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             cmd.arg(-1);
         }
         for (it, who) in items.iter().zip(&sender_index) {
-            if with_json {
+            if cfg.cache_in_script {
                 cmd.arg(it.client_msg_id)
                     .arg(*who)
                     .arg(it.json_prefix)
@@ -372,7 +322,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                 cmd.arg(it.client_msg_id).arg(0).arg("").arg("");
             }
         }
-        if with_json {
+        if cfg.cache_in_script {
             for s in &senders {
                 cmd.arg(*s);
             }
@@ -407,11 +357,8 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             }
             Err(e) => return Err(e.into()),
         };
-        let probed = std::mem::replace(&mut probe, false);
         match reply.first().copied() {
-            // The probe found no refill needed: now the call itself.
-            Some(6) if probed => continue,
-            Some(0) if !probed && reply.len() == 3 + 2 * items.len() => {
+            Some(0) if reply.len() == 2 + 2 * items.len() => {
                 if fenced && acked < i64::from(cfg.wait_replicas) {
                     return Err(CacheError::NotReplicated {
                         acked,
@@ -420,7 +367,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                 }
                 let mut seqs = Vec::with_capacity(items.len());
                 let mut hits = Vec::with_capacity(items.len());
-                for pair in reply[3..].chunks_exact(2) {
+                for pair in reply[2..].chunks_exact(2) {
                     seqs.push(pair[0]);
                     hits.push(pair[1] == 1);
                 }
@@ -461,14 +408,8 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
                         .query_async::<()>(conn)
                         .await?;
                 }
-                let last = reply[2];
-                if last > 0 {
-                    let fresh = hits.iter().filter(|h| !**h).count() as i64;
-                    tokens.set_room(conversation_id, last - reply[1] - fresh);
-                }
                 return Ok(Assignment {
                     prev: reply[1],
-                    last,
                     seqs,
                     hits,
                 });

@@ -13,7 +13,7 @@ struct Fixture {
     redis: EmbeddedRedis,
     store: EmbeddedStore,
     clock: Arc<ManualClock>,
-    tokens: AssignState,
+    tokens: TokenSource,
     cfg: CacheConfig,
 }
 
@@ -23,7 +23,7 @@ fn fixture() -> Fixture {
         redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
         store: EmbeddedStore::new(),
         clock,
-        tokens: AssignState::new(&SeededRng::new(1)),
+        tokens: TokenSource::new(&SeededRng::new(1)),
         cfg: CacheConfig::default(),
     }
 }
@@ -328,29 +328,19 @@ fn key_names_are_openims_and_dedup_shares_the_allocator_slot() {
 
 #[test]
 fn lock_tokens_never_repeat_and_differ_between_sources() {
-    let a = AssignState::new(&SeededRng::new(1));
-    let b = AssignState::new(&SeededRng::new(2));
+    let a = TokenSource::new(&SeededRng::new(1));
+    let b = TokenSource::new(&SeededRng::new(2));
     let (a1, a2, b1) = (a.token(), a.token(), b.token());
     assert_ne!(a1, a2);
     assert_ne!(a1, b1);
 }
 
 /// Records how commands reach the server (one entry per request: the names
-/// of the commands in it, and the arguments of every script call sent by
-/// itself) and plays a replica that confirms every `WAIT`.
+/// of the commands in it) and plays a replica that confirms every `WAIT`.
 #[derive(Clone)]
 struct Recorder {
     inner: EmbeddedRedis,
     requests: Arc<parking_lot::Mutex<Vec<Vec<String>>>>,
-    scripts: Arc<parking_lot::Mutex<Vec<Vec<String>>>>,
-}
-
-fn recorder(inner: EmbeddedRedis) -> Recorder {
-    Recorder {
-        inner,
-        requests: Arc::default(),
-        scripts: Arc::default(),
-    }
 }
 
 fn command_name(cmd: &redis::Cmd) -> String {
@@ -367,22 +357,6 @@ impl Recorder {
         }
         self.inner.req_packed_command(cmd).await
     }
-
-    /// ARGV[13] (1: with cache JSON, 2: a probe) and how many arguments
-    /// carry the test's JSON prefix, for each call made so far; then forgets
-    /// them.
-    fn script_calls(&self) -> Vec<(String, usize)> {
-        let calls = std::mem::take(&mut *self.scripts.lock());
-        calls
-            .iter()
-            .map(|args| {
-                // EVALSHA sha numkeys k1 k2 k3, then ARGV.
-                let mode = args[5 + 13].clone();
-                let json = args.iter().filter(|a| *a == "{\"Seq\":").count();
-                (mode, json)
-            })
-            .collect()
-    }
 }
 
 impl ConnectionLike for Recorder {
@@ -390,18 +364,7 @@ impl ConnectionLike for Recorder {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        let name = command_name(cmd);
-        if name == "EVALSHA" {
-            let args = cmd
-                .args_iter()
-                .map(|a| match a {
-                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                    _ => String::new(),
-                })
-                .collect();
-            self.scripts.lock().push(args);
-        }
-        self.requests.lock().push(vec![name]);
+        self.requests.lock().push(vec![command_name(cmd)]);
         Box::pin(self.run(cmd))
     }
 
@@ -435,7 +398,10 @@ async fn the_fence_waits_on_the_connection_that_ran_the_script() {
     // replica) and confirm nothing. So it must travel in one request with
     // the script that made the writes.
     let f = fixture();
-    let mut conn = recorder(f.redis.clone());
+    let mut conn = Recorder {
+        inner: f.redis.clone(),
+        requests: Arc::new(parking_lot::Mutex::new(Vec::new())),
+    };
     let cfg = CacheConfig {
         wait_replicas: 1,
         ..CacheConfig::default()
@@ -475,87 +441,4 @@ async fn the_fence_waits_on_the_connection_that_ran_the_script() {
             );
         }
     }
-}
-
-/// Assigns `ids` (sender "a") in `si_a_b` through `conn` with `state`.
-async fn assign_via(
-    conn: &Recorder,
-    f: &Fixture,
-    state: &AssignState,
-    ids: Vec<String>,
-) -> Assignment {
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    assign(
-        &mut conn.clone(),
-        &f.store,
-        f.clock.as_ref(),
-        state,
-        &f.cfg,
-        "si_a_b",
-        &items(&refs, Some("a")),
-    )
-    .await
-    .unwrap()
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_batch_sends_its_cache_json_once_even_when_it_needs_a_refill() {
-    let f = fixture();
-    let conn = recorder(f.redis.clone());
-    let a_state = AssignState::new(&SeededRng::new(7));
-    let b_state = AssignState::new(&SeededRng::new(8));
-    let ids = |from: usize, n: usize| (from..from + n).map(|i| format!("m{i}")).collect();
-
-    // Load the script (the first call meets NOSCRIPT and goes again).
-    let mut warm = conn.clone();
-    assign(
-        &mut warm,
-        &f.store,
-        f.clock.as_ref(),
-        &a_state,
-        &f.cfg,
-        "si_x_y",
-        &items(&["w"], None),
-    )
-    .await
-    .unwrap();
-    conn.script_calls();
-
-    // A conversation this process has not seen: a probe without JSON, the
-    // block reserved, then the call with the JSON.
-    let first = assign_via(&conn, &f, &a_state, ids(1, 3)).await;
-    assert_eq!(first.seqs, vec![1, 2, 3]);
-    assert_eq!(first.last, 53, "a block of need + 50");
-    assert_eq!(a_state.room("si_a_b"), Some(50));
-    assert_eq!(conn.script_calls(), vec![("2".into(), 0), ("1".into(), 3)]);
-
-    // Known room: one call.
-    let second = assign_via(&conn, &f, &a_state, ids(4, 2)).await;
-    assert_eq!(second.seqs, vec![4, 5]);
-    assert_eq!(a_state.room("si_a_b"), Some(48));
-    assert_eq!(conn.script_calls(), vec![("1".into(), 2)]);
-
-    // Not enough room: the probe takes the lock, then one call with JSON.
-    let third = assign_via(&conn, &f, &a_state, ids(6, 60)).await;
-    assert_eq!(third.seqs, (6..66).collect::<Vec<i64>>());
-    assert_eq!(conn.script_calls(), vec![("2".into(), 0), ("1".into(), 60)]);
-    let room = a_state.room("si_a_b").unwrap();
-    assert_eq!(room, third.last - 65);
-
-    // Another instance takes the rest of the block: what this one knows is
-    // stale, which costs a call, never a seq.
-    let other = assign_via(&conn, &f, &b_state, ids(100, room as usize)).await;
-    assert_eq!(other.seqs, (66..66 + room).collect::<Vec<i64>>());
-    let stale = assign_via(&conn, &f, &a_state, ids(200, 2)).await;
-    assert_eq!(stale.seqs, vec![66 + room, 67 + room]);
-    let calls = conn.script_calls();
-    assert_eq!(
-        calls[calls.len() - 2..],
-        [("1".into(), 2), ("1".into(), 2)],
-        "the stale guess sent the JSON once more: {calls:?}"
-    );
-    // Redeliveries still get their seqs back whichever way they come in.
-    let again = assign_via(&conn, &f, &b_state, ids(1, 3)).await;
-    assert_eq!(again.seqs, vec![1, 2, 3]);
-    assert!(again.hits.iter().all(|h| *h));
 }

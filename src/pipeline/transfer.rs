@@ -204,13 +204,13 @@ pub struct TransferDeps<C> {
 pub struct Transfer<C> {
     deps: TransferDeps<C>,
     cfg: TransferConfig,
-    tokens: cache::AssignState,
+    tokens: cache::TokenSource,
 }
 
 impl<C> Transfer<C> {
     /// A handler over `deps`.
     pub fn new(deps: TransferDeps<C>, cfg: TransferConfig) -> Self {
-        let tokens = cache::AssignState::new(deps.rng.as_ref());
+        let tokens = cache::TokenSource::new(deps.rng.as_ref());
         Self { deps, cfg, tokens }
     }
 }
