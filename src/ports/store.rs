@@ -49,12 +49,6 @@ pub struct SlotMsg {
 }
 
 impl SlotMsg {
-    /// The slot message for `encoded`, an `sdkws.MsgData`.
-    pub fn decode(encoded: Bytes) -> Result<Self, prost::DecodeError> {
-        let msg = MsgData::decode(encoded.as_ref())?;
-        Ok(Self::decoded(msg, encoded))
-    }
-
     /// The slot message for `msg`, encoding it.
     pub fn encode(msg: MsgData) -> Self {
         let encoded = Bytes::from(msg.encode_to_vec());
