@@ -31,7 +31,7 @@ use crate::embedded::redis::{EmbeddedRedis, FaultHook, shared_engine};
 use crate::embedded::store::EmbeddedStore;
 use crate::metrics::Metrics;
 use crate::ports::clock::SystemClock;
-use crate::ports::{ConsumerEvent, LogConsumer, SeededRng, SharedClock};
+use crate::ports::{ConsumerEvent, LogConsumer, OutRecord, SeededRng, SharedClock};
 use crate::service::{self, ServiceConfig, Wiring};
 
 /// Options of a demo run.
@@ -303,6 +303,17 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     let hook = EmbeddedHook::default();
     let metrics = Arc::new(Metrics::default());
 
+    let mut batches: Vec<Vec<OutRecord>> = Vec::new();
+    let mut records = work.records.into_iter();
+    loop {
+        let chunk: Vec<OutRecord> = records.by_ref().take(4096).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        batches.push(chunk);
+    }
+    drop(records);
+
     // The upstream: the msg RPC producing into toRedis under back-pressure.
     let produced_all = Arc::new(AtomicBool::new(false));
     let start_us = clock.monotonic_us();
@@ -315,19 +326,30 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         let group = cfg.groups.to_redis.clone();
         let topic = topics.to_redis.clone();
         let window = args.window.max(1);
+        let index = work.index;
         tokio::spawn(async move {
-            for (i, rec) in work.records.into_iter().enumerate() {
-                if i % 256 == 0 {
-                    while log.lag(&group, &topic) > window {
-                        clock.sleep(Duration::from_millis(1)).await;
+            let mut i = 0;
+            // Each chunk is freed once produced, so the log's growth reuses
+            // the workload's memory instead of taking fresh pages.
+            for chunk in batches {
+                for rec in chunk {
+                    if i % 256 == 0 {
+                        while log.lag(&group, &topic) > window {
+                            clock.sleep(Duration::from_millis(1)).await;
+                        }
                     }
+                    let idx = index[i] as usize;
+                    let now = clock.monotonic_us().max(1);
+                    let _ = produced_us[idx].compare_exchange(
+                        0,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    log.append(rec)
+                        .map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
+                    i += 1;
                 }
-                let idx = work.index[i] as usize;
-                let now = clock.monotonic_us().max(1);
-                let _ =
-                    produced_us[idx].compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-                log.append(rec)
-                    .map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
             }
             produced_all.store(true, Ordering::SeqCst);
             anyhow::Ok(())

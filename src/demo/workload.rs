@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -54,6 +54,38 @@ pub struct Workload {
     pub index: Vec<u64>,
     /// Records that are second copies.
     pub duplicates: u64,
+}
+
+/// Where generated keys and values are written: consecutive slices of
+/// shared 1 MiB buffers, the way a Kafka client hands out the records of a
+/// fetch response. A record then costs its bytes and nothing else, and the
+/// log's readers can share it without a per-record allocation.
+#[derive(Default)]
+struct Arena {
+    buf: BytesMut,
+}
+
+impl Arena {
+    const CHUNK: usize = 1 << 20;
+
+    fn room(&mut self, len: usize) {
+        if self.buf.capacity() < len {
+            self.buf = BytesMut::with_capacity(Self::CHUNK.max(len));
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Bytes {
+        self.room(bytes.len());
+        self.buf.put_slice(bytes);
+        self.buf.split().freeze()
+    }
+
+    fn put_msg(&mut self, m: &MsgData) -> Bytes {
+        self.room(m.encoded_len());
+        m.encode(&mut self.buf)
+            .expect("room for the message was made above");
+        self.buf.split().freeze()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +151,7 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
 
     let mut slots: Vec<(u64, u64, OutRecord)> = Vec::new();
     let mut duplicates = 0;
+    let mut arena = Arena::default();
     for n in 0..spec.messages {
         let ci = if rng.random_bool(0.2) {
             rng.random_range(0..hot)
@@ -241,8 +274,8 @@ pub fn generate(spec: &WorkloadSpec) -> Workload {
         };
         let rec = OutRecord {
             topic: spec.topic.clone(),
-            key: Bytes::from(key),
-            value: Bytes::from(m.encode_to_vec()),
+            key: arena.put(key.as_bytes()),
+            value: arena.put_msg(&m),
             headers: ctx.to_headers().into(),
         };
         // Positions leave room for duplicates to land a little later.

@@ -19,10 +19,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::FaultPlan;
+use crate::domain::context::Header;
 use crate::ports::log::{Ack, Delivered};
 use crate::ports::{
     BoxFuture, ConsumerEvent, LogConsumer, LogError, LogProducer, OutRecord, Record, SharedClock,
@@ -75,12 +77,37 @@ struct Group {
 /// Records per segment of a partition.
 const SEGMENT: usize = 4096;
 
+/// A record as its partition keeps it. Topic, partition and offset are
+/// where it sits, so they are not stored per record (a million records
+/// would carry 32 MB of them); [`Kept::record`] puts them back.
+#[derive(Debug)]
+struct Kept {
+    key: Bytes,
+    value: Bytes,
+    headers: Arc<[Header]>,
+    timestamp_ms: i64,
+}
+
+impl Kept {
+    fn record(&self, topic: &Arc<str>, partition: i32, offset: usize) -> Record {
+        Record {
+            topic: topic.clone(),
+            partition,
+            offset: offset as i64,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            headers: self.headers.clone(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
 /// One partition's records, in fixed-size segments: appending never moves
 /// what is already there (one growing `Vec` would copy the whole partition
 /// at every doubling and briefly hold it twice).
 #[derive(Default)]
 struct Partition {
-    segments: Vec<Vec<Record>>,
+    segments: Vec<Vec<Kept>>,
     len: usize,
 }
 
@@ -89,7 +116,8 @@ impl Partition {
         self.len
     }
 
-    fn push(&mut self, rec: Record) {
+    /// Appends `rec` and returns its offset.
+    fn push(&mut self, rec: Kept) -> usize {
         match self.segments.last_mut() {
             Some(seg) if seg.len() < SEGMENT => seg.push(rec),
             _ => {
@@ -99,10 +127,12 @@ impl Partition {
             }
         }
         self.len += 1;
+        self.len - 1
     }
 
-    /// The records at offsets `from..to` (clamped to what exists).
-    fn range(&self, from: usize, to: usize) -> impl Iterator<Item = &Record> {
+    /// The records at offsets `from..to` (clamped to what exists), each
+    /// with its offset.
+    fn range(&self, from: usize, to: usize) -> impl Iterator<Item = (usize, &Kept)> {
         let to = to.min(self.len);
         let from = from.min(to);
         self.segments[from / SEGMENT..to.div_ceil(SEGMENT)]
@@ -110,10 +140,12 @@ impl Partition {
             .flatten()
             .skip(from % SEGMENT)
             .take(to - from)
+            .enumerate()
+            .map(move |(i, r)| (from + i, r))
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Record> {
-        self.segments.iter().flatten()
+    fn iter(&self) -> impl Iterator<Item = (usize, &Kept)> {
+        self.range(0, self.len)
     }
 }
 
@@ -194,16 +226,12 @@ impl EmbeddedLog {
         let topic_name: Arc<str> = rec.topic.clone();
         let parts = st.topic(&topic_name);
         let log = &mut parts[partition as usize];
-        let offset = log.len() as i64;
-        log.push(Record {
-            topic: topic_name,
-            partition,
-            offset,
+        let offset = log.push(Kept {
             key: rec.key,
             value: rec.value,
             headers: rec.headers,
             timestamp_ms: now,
-        });
+        }) as i64;
         drop(st);
         self.arrivals.notify_waiters();
         Ok(Delivered { partition, offset })
@@ -247,8 +275,14 @@ impl EmbeddedLog {
     pub fn records(&self, topic: &str) -> Vec<Record> {
         let st = self.state.lock();
         st.topics
-            .get(topic)
-            .map(|parts| parts.iter().flat_map(Partition::iter).cloned().collect())
+            .get_key_value(topic)
+            .map(|(name, parts)| {
+                let mut out = Vec::with_capacity(parts.iter().map(Partition::len).sum());
+                for (p, part) in parts.iter().enumerate() {
+                    out.extend(part.iter().map(|(at, k)| k.record(name, p as i32, at)));
+                }
+                out
+            })
             .unwrap_or_default()
     }
 
@@ -378,7 +412,10 @@ impl EmbeddedConsumer {
             let from = *pos as usize;
             let to = log.len().min(from + per_partition);
             if from < to {
-                out.extend(log.range(from, to).cloned());
+                out.extend(
+                    log.range(from, to)
+                        .map(|(at, k)| k.record(&self.topic, *p, at)),
+                );
                 *pos = to as i64;
             }
             if out.len() >= max {
@@ -467,18 +504,25 @@ mod tests {
         let mut part = Partition::default();
         let n = 2 * SEGMENT + 7;
         for i in 0..n {
-            part.push(Record {
-                topic: Arc::from("t"),
-                partition: 0,
-                offset: i as i64,
+            let at = part.push(Kept {
                 key: Bytes::new(),
-                value: Bytes::new(),
+                value: Bytes::from(i.to_string()),
                 headers: Arc::from(Vec::new()),
-                timestamp_ms: 0,
+                timestamp_ms: i as i64,
             });
+            assert_eq!(at, i);
         }
         assert_eq!(part.len(), n);
-        let offsets = |from, to| part.range(from, to).map(|r| r.offset).collect::<Vec<_>>();
+        // Each record is found at the offset it was given, with its own data.
+        let offsets = |from, to| {
+            part.range(from, to)
+                .map(|(at, r)| {
+                    assert_eq!(r.value, at.to_string().as_bytes());
+                    assert_eq!(r.timestamp_ms, at as i64);
+                    at as i64
+                })
+                .collect::<Vec<_>>()
+        };
         let s = SEGMENT as i64;
         assert_eq!(
             offsets(SEGMENT - 2, SEGMENT + 2),
@@ -491,7 +535,7 @@ mod tests {
         assert_eq!(offsets(5, 5), Vec::<i64>::new());
         assert_eq!(offsets(n + 1, n + 5), Vec::<i64>::new());
         assert_eq!(part.iter().count(), n);
-        assert!(part.iter().enumerate().all(|(i, r)| r.offset == i as i64));
+        assert!(part.iter().enumerate().all(|(i, (at, _))| at == i));
     }
 
     fn rec(key: &str, value: &str) -> OutRecord {
