@@ -29,7 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use redis::aio::ConnectionLike;
 
@@ -50,10 +50,37 @@ use crate::proto::MsgData;
 
 /// Appends an embedded-message field (`tag` = `field`, length-delimited)
 /// whose payload is the already encoded message `body`.
-fn put_message_field(field: u32, body: &[u8], buf: &mut Vec<u8>) {
+fn put_message_field(field: u32, body: &[u8], buf: &mut impl BufMut) {
     prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, buf);
     prost::encoding::encode_varint(body.len() as u64, buf);
-    buf.extend_from_slice(body);
+    buf.put_slice(body);
+}
+
+/// Appends a string field; the same bytes as prost's `string::encode`,
+/// without the owned `String` it takes.
+fn put_string_field(field: u32, text: &str, buf: &mut impl BufMut) {
+    put_message_field(field, text.as_bytes(), buf);
+}
+
+/// The encoded size of `PushMsgDataToMq` around `msg_data` (see
+/// [`put_push_record`]).
+fn push_record_len(msg_data: &[u8], conv: &str) -> usize {
+    let field = |len: usize| 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+    field(msg_data.len())
+        + if conv.is_empty() {
+            0
+        } else {
+            field(conv.len())
+        }
+}
+
+/// Appends `PushMsgDataToMq { msgData, conversationID: conv }` around the
+/// encoded `msg_data` to `buf` (see [`encode_push_record`]).
+fn put_push_record(msg_data: &[u8], conv: &str, buf: &mut impl BufMut) {
+    put_message_field(1, msg_data, buf);
+    if !conv.is_empty() {
+        put_string_field(2, conv, buf);
+    }
 }
 
 /// Encodes `PushMsgDataToMq { msgData, conversationID: conv }` around
@@ -61,11 +88,8 @@ fn put_message_field(field: u32, body: &[u8], buf: &mut Vec<u8>) {
 /// bytes go into its `toMongo` record); the result is exactly prost's
 /// encoding of the struct.
 pub fn encode_push_record(msg_data: &[u8], conv: &str) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(msg_data.len() + conv.len() + 16);
-    put_message_field(1, msg_data, &mut buf);
-    if !conv.is_empty() {
-        prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
-    }
+    let mut buf = Vec::with_capacity(push_record_len(msg_data, conv));
+    put_push_record(msg_data, conv, &mut buf);
     buf
 }
 
@@ -83,7 +107,7 @@ pub fn encode_mongo_record<'a>(
         prost::encoding::int64::encode(1, &last_seq, &mut buf);
     }
     if !conv.is_empty() {
-        prost::encoding::string::encode(2, &conv.to_string(), &mut buf);
+        put_string_field(2, conv, &mut buf);
     }
     for m in msg_data {
         put_message_field(3, m, &mut buf);
@@ -420,13 +444,23 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .collect();
         let mut records = self.mongo_records(&conv, &items, &encoded);
         let mongo_records = records.len();
+        // The batch's `toPush` values are consecutive slices of one buffer:
+        // one allocation per batch instead of two per message (the value
+        // and, once a producer shares it, its reference count).
+        let mut push_buf = BytesMut::with_capacity(
+            encoded
+                .iter()
+                .flatten()
+                .map(|body| push_record_len(body, &conv))
+                .sum(),
+        );
         for (it, body) in items.iter().zip(&encoded) {
             if let Some(body) = body {
-                let value = encode_push_record(body, &conv);
+                put_push_record(body, &conv, &mut push_buf);
                 records.push(OutRecord {
                     topic: self.cfg.topics.to_push.clone(),
                     key: it.key.clone(),
-                    value: Bytes::from(value),
+                    value: push_buf.split().freeze(),
                     headers: it.headers.clone(),
                 });
             }
@@ -638,14 +672,22 @@ mod tests {
 
     #[test]
     fn hand_encoded_records_match_prost() {
-        let m = msg(7);
-        for conv in ["si_a_b", ""] {
-            let expected = PushMsgDataToMq {
-                msg_data: Some(m.clone()),
-                conversation_id: conv.into(),
+        let small = msg(7);
+        // Lengths past 127 take two varint bytes.
+        let mut large = msg(8);
+        large.content = vec![b'x'; 300];
+        let long_conv = format!("sg_{}", "g".repeat(200));
+        for m in [&small, &large] {
+            for conv in ["si_a_b", "", &long_conv] {
+                let expected = PushMsgDataToMq {
+                    msg_data: Some(m.clone()),
+                    conversation_id: conv.into(),
+                }
+                .encode_to_vec();
+                let body = m.encode_to_vec();
+                assert_eq!(encode_push_record(&body, conv), expected);
+                assert_eq!(push_record_len(&body, conv), expected.len());
             }
-            .encode_to_vec();
-            assert_eq!(encode_push_record(&m.encode_to_vec(), conv), expected);
         }
         let msgs = [msg(100), msg(101)];
         for (last, conv) in [(99, "sg_g"), (0, "sg_g"), (5, "")] {
