@@ -328,28 +328,21 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         let window = args.window.max(1);
         let index = work.index;
         tokio::spawn(async move {
-            let mut i = 0;
-            // Each chunk is freed once produced, so the log's growth reuses
-            // the workload's memory instead of taking fresh pages.
-            for chunk in batches {
-                for rec in chunk {
-                    if i % 256 == 0 {
-                        while log.lag(&group, &topic) > window {
-                            clock.sleep(Duration::from_millis(1)).await;
-                        }
+            // `flatten` drops each chunk once it is produced, so the log's
+            // growth reuses the workload's memory instead of taking fresh
+            // pages.
+            for (i, rec) in batches.into_iter().flatten().enumerate() {
+                if i % 256 == 0 {
+                    while log.lag(&group, &topic) > window {
+                        clock.sleep(Duration::from_millis(1)).await;
                     }
-                    let idx = index[i] as usize;
-                    let now = clock.monotonic_us().max(1);
-                    let _ = produced_us[idx].compare_exchange(
-                        0,
-                        now,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    log.append(rec)
-                        .map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
-                    i += 1;
                 }
+                let idx = index[i] as usize;
+                let now = clock.monotonic_us().max(1);
+                let _ =
+                    produced_us[idx].compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                log.append(rec)
+                    .map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
             }
             produced_all.store(true, Ordering::SeqCst);
             anyhow::Ok(())
