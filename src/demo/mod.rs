@@ -279,6 +279,13 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
     });
     let mut log = EmbeddedLog::new(args.partitions, 1_000_000, clock.clone());
     let engine = shared_engine(args.seed);
+    // Room for the keys the run will leave — a MSG_CACHE per stored message
+    // (the isSendMsg copies add about 3 %), plus MALLOC_SEQ, dedup epochs
+    // and senders' read seqs per conversation — so the keyspace never
+    // rehashes mid-run while every transfer waits on it.
+    engine.lock().reserve_keys(
+        usize::try_from(args.messages + args.messages / 16 + args.conversations * 8).unwrap_or(0),
+    );
     let mut store = {
         let persisted_us = persisted_us.clone();
         let clock = clock.clone();

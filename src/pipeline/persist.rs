@@ -43,8 +43,11 @@ impl MongoRecord {
     /// same acceptance: unknown fields skipped, a repeated scalar's last
     /// value kept), keeping each message's bytes.
     pub fn decode(value: &Bytes) -> Result<Self, prost::DecodeError> {
+        let mut out = Self {
+            msgs: Vec::with_capacity(count_messages(value)),
+            ..Self::default()
+        };
         let mut buf = value.clone();
-        let mut out = Self::default();
         while buf.has_remaining() {
             let (tag, wire_type) = decode_key(&mut buf)?;
             let ctx = DecodeContext::default();
@@ -65,6 +68,26 @@ impl MongoRecord {
         }
         Ok(out)
     }
+}
+
+/// How many `msgData` fields `value` holds, to size the vector once: a
+/// record carries up to a few hundred messages of several hundred bytes
+/// each, and growing the vector by doubling would move them all several
+/// times. Walks the keys and skips the bodies; anything malformed ends the
+/// count early (the real decode then reports the error).
+fn count_messages(value: &Bytes) -> usize {
+    let mut buf = value.as_ref();
+    let mut n = 0;
+    while buf.has_remaining() {
+        let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+            break;
+        };
+        n += usize::from(tag == 3);
+        if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    n
 }
 
 /// The backends of the persistence stage.
@@ -239,6 +262,8 @@ mod tests {
         assert_eq!(ours.last_seq, 6);
         assert_eq!(ours.conversation_id, "si_u1_u2");
         assert_eq!(ours.msgs.len(), 2);
+        // Sized once, by counting the messages first.
+        assert_eq!(ours.msgs.capacity(), 2);
         for ((body, m), want) in ours.msgs.iter().zip(&rec.msg_data) {
             assert_eq!(m, want);
             assert_eq!(body.as_ref(), want.encode_to_vec().as_slice());
@@ -275,6 +300,7 @@ mod tests {
                 msg_data: seqs.iter().map(|s| msg(*s, &format!("m{s}"))).collect(),
             };
             let full = rec.encode_to_vec();
+            prop_assert_eq!(count_messages(&Bytes::from(full.clone())), seqs.len());
             let (theirs, ours) = both(&full);
             prop_assert_eq!(theirs.as_ref(), Some(&rec));
             prop_assert_eq!(ours.as_ref(), Some(&rec));

@@ -333,6 +333,14 @@ impl Keyspace {
         Self::default()
     }
 
+    /// Makes room for `additional` more keys, so the table does not grow
+    /// while they arrive. Growing rehashes every key at once (Redis spreads
+    /// that over later commands; this table does it in one go, under the
+    /// engine's lock), which a caller that knows its load can avoid.
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
     /// Number of stored keys, including expired ones not yet reclaimed
     /// (what Redis' DBSIZE reports).
     pub fn len(&self) -> usize {
@@ -1424,6 +1432,11 @@ impl Engine {
     /// A new connection's state with a fresh client id.
     pub fn new_session(&self) -> Session {
         self.client_ids.new_session()
+    }
+
+    /// Makes room for `additional` more keys (see [`Keyspace::reserve`]).
+    pub fn reserve_keys(&mut self, additional: usize) {
+        self.db.ks.reserve(additional);
     }
 
     /// The engine's client id counter, for opening sessions without the
