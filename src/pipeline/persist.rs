@@ -15,7 +15,7 @@ use ::bytes::{Buf, Bytes};
 use prost::Message;
 use prost::encoding::{DecodeContext, bytes, decode_key, int64, skip_field, string};
 
-use super::consumer::{ConvKey, Handler, Rejection};
+use super::consumer::{Batch, ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::domain::bucket;
 use crate::domain::limits::Limits;
@@ -119,7 +119,7 @@ impl Persist {
         }
     }
 
-    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<SlotMsg>) {
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Batch<SlotMsg>) {
         // Later copies of a seq win, as later writes would in Mongo.
         let mut buckets: BTreeMap<i64, BTreeMap<usize, Arc<SlotMsg>>> = BTreeMap::new();
         for m in items {
@@ -127,7 +127,7 @@ impl Persist {
             buckets
                 .entry(bucket::doc_index(seq))
                 .or_default()
-                .insert(bucket::slot(seq), Arc::new(m));
+                .insert(bucket::slot(seq), Arc::from(m));
         }
         Metrics::add(&self.deps.metrics.persist_batches, 1);
         for (index, slots) in buckets {
@@ -208,7 +208,7 @@ impl Handler for Persist {
     fn process(
         self: Arc<Self>,
         conversation: ConvKey,
-        items: Vec<SlotMsg>,
+        items: Batch<SlotMsg>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(self.process_batch(conversation, items))
     }

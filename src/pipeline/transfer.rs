@@ -33,7 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use redis::aio::ConnectionLike;
 
-use super::consumer::{ConvKey, Handler, Rejection};
+use super::consumer::{Batch, ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::cache::{self, AssignItem, CacheConfig};
 use crate::domain::categorise::{Unit, categorise};
@@ -250,7 +250,7 @@ struct Prepared {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
-    fn prepare(items: &[TransferItem]) -> Prepared {
+    fn prepare(items: &[Box<TransferItem>]) -> Prepared {
         let stored: Vec<usize> = (0..items.len()).filter(|i| items[*i].unit.stored).collect();
         let json = stored
             .iter()
@@ -311,12 +311,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
     }
 
-    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Vec<TransferItem>) {
+    async fn process_batch(self: Arc<Self>, conv: ConvKey, items: Batch<TransferItem>) {
         // `None`: given up (only under a weakness); the batch counts as done.
         let _ = self.run_batch(conv, items).await;
     }
 
-    async fn run_batch(&self, conv: ConvKey, mut items: Vec<TransferItem>) -> Option<()> {
+    async fn run_batch(&self, conv: ConvKey, mut items: Batch<TransferItem>) -> Option<()> {
         let prep = Self::prepare(&items);
         let d = &self.deps;
         let m = &d.metrics;
@@ -521,7 +521,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
     fn mongo_records(
         &self,
         conv: &str,
-        items: &[TransferItem],
+        items: &[Box<TransferItem>],
         encoded: &[Option<Vec<u8>>],
     ) -> Vec<OutRecord> {
         let limit = self
@@ -647,7 +647,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
     fn process(
         self: Arc<Self>,
         conversation: ConvKey,
-        items: Vec<TransferItem>,
+        items: Batch<TransferItem>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(self.process_batch(conversation, items))
     }
