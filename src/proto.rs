@@ -18,3 +18,5 @@ pub mod msg {
 
 pub use msg::{MsgDataToMongoByMq, MsgDataToMq, PushMsgDataToMq};
 pub use sdkws::{MarkAsReadTips, MsgData, NotificationElem, OfflinePushInfo};
+
+pub mod scan;

@@ -134,7 +134,11 @@ fuzz_target!(|data: &[u8]| {
             &MsgData::decode(m.encoded().clone()).expect("its bytes decode"),
             want
         );
-        check_model(want, m.model());
+        check_model(want, &m.model());
+        assert_eq!(
+            (m.seq(), m.send_time(), m.client_msg_id()),
+            (want.seq, want.send_time, want.client_msg_id.as_str())
+        );
     }
     let conv: ConvKey = items[0].0.clone();
     let msgs: Vec<Box<SlotMsg>> = items.into_iter().map(|(_, m)| Box::new(m)).collect();

@@ -180,7 +180,7 @@ impl MongoStore {
                     "slot {i} out of range in {doc_id}"
                 )));
             }
-            let model = bson::to_bson(m.model())
+            let model = bson::to_bson(&m.model())
                 .map_err(|e| StoreError::Refused(format!("encoding a message: {e}")))?;
             set.insert(format!("msgs.{i}.msg"), model.clone());
             models.push((*i, model));

@@ -290,7 +290,7 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         let persisted_us = persisted_us.clone();
         let clock = clock.clone();
         EmbeddedStore::new().with_observer(Box::new(move |_doc, m| {
-            if let Some(i) = workload::message_number(&m.client_msg_id) {
+            if let Some(i) = workload::message_number(m.client_msg_id()) {
                 if let Some(slot) = persisted_us.get(i as usize) {
                     let _ = slot.compare_exchange(
                         0,

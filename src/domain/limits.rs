@@ -10,6 +10,7 @@
 
 use crate::domain::context::Header;
 use crate::proto::MsgData;
+use crate::proto::scan::MsgSizes;
 
 /// The limits. Every field is configurable under `rustTransfer` (see
 /// `config`); the names there are given with each field.
@@ -126,7 +127,14 @@ impl Limits {
 
     /// Checks one message's fields.
     pub fn check_msg(&self, m: &MsgData) -> Result<(), OverLimit> {
-        let id = || truncated(&m.client_msg_id);
+        self.check_sizes(&MsgSizes::of(m), &m.client_msg_id)
+    }
+
+    /// Checks one message's fields by their sizes (see
+    /// [`scan`](crate::proto::scan::scan), which reads them without decoding
+    /// the message); `client_msg_id` names the message in the reason.
+    pub fn check_sizes(&self, s: &MsgSizes, client_msg_id: &str) -> Result<(), OverLimit> {
+        let id = || truncated(client_msg_id);
         let sized = |name: &str, len, limit, setting| {
             at_most(
                 || format!("{name} of message {:?} (bytes)", id()),
@@ -137,40 +145,41 @@ impl Limits {
         };
         let field = |name, len| sized(name, len, self.field_bytes, "maxFieldBytes");
         let payload = |name, len| sized(name, len, self.content_bytes, "maxContentBytes");
-        field("sendID", m.send_id.len())?;
-        field("recvID", m.recv_id.len())?;
-        field("groupID", m.group_id.len())?;
-        field("clientMsgID", m.client_msg_id.len())?;
-        field("serverMsgID", m.server_msg_id.len())?;
-        field("senderNickname", m.sender_nickname.len())?;
-        field("senderFaceURL", m.sender_face_url.len())?;
-        payload("content", m.content.len())?;
-        payload("attachedInfo", m.attached_info.len())?;
-        payload("ex", m.ex.len())?;
+        const IDS: [&str; 7] = [
+            "sendID",
+            "recvID",
+            "groupID",
+            "clientMsgID",
+            "serverMsgID",
+            "senderNickname",
+            "senderFaceURL",
+        ];
+        for (name, len) in IDS.iter().zip(s.ids) {
+            field(name, len)?;
+        }
+        for (name, len) in ["content", "attachedInfo", "ex"].iter().zip(s.payloads) {
+            payload(name, len)?;
+        }
         at_most(
             || format!("options of message {:?} (entries)", id()),
-            m.options.len(),
+            s.options,
             self.options,
             "maxOptions",
         )?;
-        for k in m.options.keys() {
-            field("an option key", k.len())?;
-        }
+        field("an option key", s.longest_option_key)?;
         at_most(
             || format!("atUserIDList of message {:?} (entries)", id()),
-            m.at_user_id_list.len(),
+            s.at_users,
             self.at_users,
             "maxAtUsers",
         )?;
-        for u in &m.at_user_id_list {
-            field("an atUserIDList entry", u.len())?;
-        }
-        if let Some(p) = &m.offline_push_info {
-            field("offlinePushInfo.title", p.title.len())?;
-            field("offlinePushInfo.desc", p.desc.len())?;
-            field("offlinePushInfo.iOSPushSound", p.i_os_push_sound.len())?;
-            payload("offlinePushInfo.ex", p.ex.len())?;
-            payload("offlinePushInfo.signalInfo", p.signal_info.len())?;
+        field("an atUserIDList entry", s.longest_at_user)?;
+        if let Some([title, desc, sound, ex, signal]) = s.push {
+            field("offlinePushInfo.title", title)?;
+            field("offlinePushInfo.desc", desc)?;
+            field("offlinePushInfo.iOSPushSound", sound)?;
+            payload("offlinePushInfo.ex", ex)?;
+            payload("offlinePushInfo.signalInfo", signal)?;
         }
         Ok(())
     }

@@ -81,7 +81,7 @@ pub struct SeqDoc {
 }
 
 /// Called after each slot write with the bucket's `doc_id` and the message.
-pub type WriteObserver = Box<dyn Fn(&str, &MsgDataModel) + Send + Sync>;
+pub type WriteObserver = Box<dyn Fn(&str, &SlotMsg) + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -293,7 +293,7 @@ impl DocStore for EmbeddedStore {
                 .or_insert_with(|| vec![KeptSlot::default(); SLOTS_PER_DOC as usize]);
             for (i, m) in slots {
                 if let Some(obs) = &observer {
-                    obs(&doc_id, m.model());
+                    obs(&doc_id, &m);
                 }
                 bucket[i].msg = Some(m.encoded().clone());
             }

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ::bytes::{Buf, Bytes};
-use prost::Message;
 use prost::encoding::{DecodeContext, bytes, decode_key, int64, skip_field, string};
 
 use super::consumer::{Batch, ConvKey, Handler, Rejection};
@@ -22,27 +21,28 @@ use crate::domain::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ports::store::SlotMsg;
 use crate::ports::{BoxFuture, DocStore, Record, Rng, SharedClock};
-use crate::proto::MsgData;
+use crate::proto::scan::{MsgSizes, ScanError};
 
 /// A `toMongo` record (`MsgDataToMongoByMQ`) as the persistence stage reads
-/// it: the conversation and each message both decoded and as the bytes it
-/// was decoded from. The bytes are slices of the record's value, not copies,
-/// so a store may keep them for the price of a reference.
+/// it: the conversation, and each message as the bytes it came in (slices
+/// of the record's value, not copies, so a store may keep them for the
+/// price of a reference) with what [`scan`](crate::proto::scan::scan) read
+/// from them. No message is decoded into a `MsgData`.
 #[derive(Debug, Default, PartialEq)]
 pub struct MongoRecord {
     /// `lastSeq` (field 1).
     pub last_seq: i64,
     /// `conversationID` (field 2).
     pub conversation_id: String,
-    /// `msgData` (field 3): each message's encoding and the message.
-    pub msgs: Vec<(Bytes, MsgData)>,
+    /// `msgData` (field 3): each message, and its field sizes.
+    pub msgs: Vec<(SlotMsg, MsgSizes)>,
 }
 
 impl MongoRecord {
-    /// Decodes `value` as prost decodes `MsgDataToMongoByMq` (same fields,
-    /// same acceptance: unknown fields skipped, a repeated scalar's last
-    /// value kept), keeping each message's bytes.
-    pub fn decode(value: &Bytes) -> Result<Self, prost::DecodeError> {
+    /// Reads `value` as prost decodes `MsgDataToMongoByMq` (same
+    /// acceptance: unknown fields skipped, a repeated scalar's last value
+    /// kept, every message checked as `MsgData::decode` checks it).
+    pub fn decode(value: &Bytes) -> Result<Self, ScanError> {
         let mut out = Self {
             msgs: Vec::with_capacity(count_messages(value)),
             ..Self::default()
@@ -55,13 +55,10 @@ impl MongoRecord {
                 1 => int64::merge(wire_type, &mut out.last_seq, &mut buf, ctx)?,
                 2 => string::merge(wire_type, &mut out.conversation_id, &mut buf, ctx)?,
                 3 => {
-                    // Read from a `Bytes`, the slice is shared, not copied;
-                    // the message is decoded from a plain slice of it (no
-                    // reference counting per field).
+                    // Read from a `Bytes`, the slice is shared, not copied.
                     let mut body = Bytes::new();
                     bytes::merge(wire_type, &mut body, &mut buf, ctx)?;
-                    let msg = MsgData::decode(body.as_ref())?;
-                    out.msgs.push((body, msg));
+                    out.msgs.push(SlotMsg::from_bytes(body)?);
                 }
                 _ => skip_field(wire_type, tag, &mut buf, ctx)?,
             }
@@ -123,7 +120,7 @@ impl Persist {
         // Later copies of a seq win, as later writes would in Mongo.
         let mut buckets: BTreeMap<i64, BTreeMap<usize, Arc<SlotMsg>>> = BTreeMap::new();
         for m in items {
-            let seq = m.model().seq;
+            let seq = m.seq();
             buckets
                 .entry(bucket::doc_index(seq))
                 .or_default()
@@ -134,7 +131,7 @@ impl Persist {
             let doc_id = format!("{conv}:{index}");
             let writes: Vec<_> = slots.into_iter().collect();
             let n = writes.len() as u64;
-            let sent: Vec<i64> = writes.iter().map(|(_, m)| m.model().send_time).collect();
+            let sent: Vec<i64> = writes.iter().map(|(_, m)| m.send_time()).collect();
             let mut retry = Retrier::new(&self.backoff);
             loop {
                 // A retry needs the writes again: the clone shares the messages.
@@ -182,8 +179,8 @@ impl Handler for Persist {
         let rec = MongoRecord::decode(&record.value)
             .map_err(|e| Rejection(format!("value is not a msg.MsgDataToMongoByMQ: {e}")))?;
         self.limits.check_count(rec.msgs.len())?;
-        for (_, m) in &rec.msgs {
-            self.limits.check_msg(m)?;
+        for (m, sizes) in &rec.msgs {
+            self.limits.check_sizes(sizes, m.client_msg_id())?;
         }
         if rec.conversation_id.is_empty() {
             return Err(Rejection("conversationID is empty".into()));
@@ -191,17 +188,18 @@ impl Handler for Persist {
         if rec.msgs.is_empty() {
             return Err(Rejection("msgData is empty".into()));
         }
-        if let Some((_, bad)) = rec.msgs.iter().find(|(_, m)| m.seq < 1) {
+        if let Some((bad, _)) = rec.msgs.iter().find(|(m, _)| m.seq() < 1) {
             return Err(Rejection(format!(
                 "message {} has seq {}",
-                bad.client_msg_id, bad.seq
+                bad.client_msg_id(),
+                bad.seq()
             )));
         }
         let conv: ConvKey = Arc::from(rec.conversation_id.as_str());
         Ok(rec
             .msgs
             .into_iter()
-            .map(|(body, m)| (conv.clone(), SlotMsg::decoded(m, body)))
+            .map(|(m, _)| (conv.clone(), m))
             .collect())
     }
 
@@ -219,23 +217,30 @@ mod tests {
     use super::*;
 
     use proptest::prelude::*;
+    use prost::Message;
 
-    use crate::proto::MsgDataToMongoByMq;
+    use crate::proto::{MsgData, MsgDataToMongoByMq};
 
     /// What prost makes of `value`, and what [`MongoRecord::decode`] does,
     /// in one shape: `None` when it is refused.
     fn both(value: &[u8]) -> (Option<MsgDataToMongoByMq>, Option<MsgDataToMongoByMq>) {
         let ours = MongoRecord::decode(&Bytes::copy_from_slice(value))
             .ok()
-            .map(|r| {
-                for (body, m) in &r.msgs {
-                    assert_eq!(&MsgData::decode(body.as_ref()).unwrap(), m);
-                }
-                MsgDataToMongoByMq {
-                    last_seq: r.last_seq,
-                    conversation_id: r.conversation_id,
-                    msg_data: r.msgs.into_iter().map(|(_, m)| m).collect(),
-                }
+            .map(|r| MsgDataToMongoByMq {
+                last_seq: r.last_seq,
+                conversation_id: r.conversation_id,
+                msg_data: r
+                    .msgs
+                    .iter()
+                    .map(|(m, sizes)| {
+                        let decoded = MsgData::decode(m.encoded().as_ref()).unwrap();
+                        assert_eq!(m.seq(), decoded.seq);
+                        assert_eq!(m.send_time(), decoded.send_time);
+                        assert_eq!(m.client_msg_id(), decoded.client_msg_id);
+                        assert_eq!(sizes, &MsgSizes::of(&decoded));
+                        decoded
+                    })
+                    .collect(),
             });
         (MsgDataToMongoByMq::decode(value).ok(), ours)
     }
@@ -264,8 +269,10 @@ mod tests {
         assert_eq!(ours.msgs.len(), 2);
         // Sized once, by counting the messages first.
         assert_eq!(ours.msgs.capacity(), 2);
-        for ((body, m), want) in ours.msgs.iter().zip(&rec.msg_data) {
-            assert_eq!(m, want);
+        for ((m, _), want) in ours.msgs.iter().zip(&rec.msg_data) {
+            assert_eq!(m.seq(), want.seq);
+            assert_eq!(m.client_msg_id(), want.client_msg_id);
+            let body = m.encoded();
             assert_eq!(body.as_ref(), want.encode_to_vec().as_slice());
             // A slice of the record, not a copy.
             let at = body.as_ptr() as usize - value.as_ptr() as usize;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::BoxFuture;
 use crate::domain::model::MsgDataModel;
 use crate::proto::MsgData;
+use crate::proto::scan::{MsgSizes, ScanError, scan};
 
 /// Store failures.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,46 +35,75 @@ pub enum StoreError {
     Refused(String),
 }
 
-/// A message on its way into a bucket slot: the document Mongo stores
-/// under `msgs.N.msg`, and the `sdkws.MsgData` bytes it was made from.
+/// A message on its way into a bucket slot: the `sdkws.MsgData` bytes it
+/// travels as, and the fields the persistence stage reads from it.
 ///
-/// The bytes let a store keep a message in the form it arrived in (usually
-/// a slice of the `toMongo` record, shared rather than copied) and rebuild
-/// the document when it is read: the embedded store does, and so holds a
-/// message in a few dozen bytes of its own instead of a tree of strings.
-/// The two always agree: the document is made from the bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The bytes are usually a slice of the `toMongo` record, shared rather
+/// than copied. The document Mongo stores under `msgs.N.msg` is made from
+/// them where it is needed ([`Self::model`]): the real store builds it for
+/// each write, the embedded store keeps just the bytes and builds it when
+/// read. So a message crosses the persistence stage without being decoded
+/// into a tree of strings (see [`scan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotMsg {
-    model: MsgDataModel,
     encoded: Bytes,
+    seq: i64,
+    send_time: i64,
+    /// Where `clientMsgID` sits in `encoded`: offset and length.
+    id_at: (u32, u32),
 }
 
 impl SlotMsg {
     /// The slot message for `msg`, encoding it.
     pub fn encode(msg: MsgData) -> Self {
-        let encoded = Bytes::from(msg.encode_to_vec());
-        Self::decoded(msg, encoded)
+        Self::from_bytes(Bytes::from(msg.encode_to_vec()))
+            .expect("an encoded message scans")
+            .0
     }
 
-    /// The slot message for `msg`, which is what `encoded` decodes to (the
-    /// caller decoded it already; checked in debug builds).
-    pub fn decoded(msg: MsgData, encoded: Bytes) -> Self {
-        debug_assert!(
-            MsgData::decode(encoded.as_ref()).as_ref() == Ok(&msg),
-            "SlotMsg: the message is not what its bytes decode to"
-        );
-        Self {
-            model: MsgDataModel::from_owned(msg),
+    /// The slot message for `encoded`, with what [`scan`] read from it;
+    /// `Err` if the bytes are not an `sdkws.MsgData`.
+    pub fn from_bytes(encoded: Bytes) -> Result<(Self, MsgSizes), ScanError> {
+        let s = scan(&encoded)?;
+        let at = s.client_msg_id.as_ptr() as usize - encoded.as_ptr() as usize;
+        // An empty ID may point anywhere; it is read back as empty.
+        let id_at = match s.client_msg_id.len() {
+            0 => (0, 0),
+            n => (at as u32, n as u32),
+        };
+        let (seq, send_time, sizes) = (s.seq, s.send_time, s.sizes);
+        let msg = Self {
+            seq,
+            send_time,
+            id_at,
             encoded,
-        }
+        };
+        Ok((msg, sizes))
+    }
+
+    /// `seq`.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// `sendTime`, ms.
+    pub fn send_time(&self) -> i64 {
+        self.send_time
+    }
+
+    /// `clientMsgID`.
+    pub fn client_msg_id(&self) -> &str {
+        let (at, n) = (self.id_at.0 as usize, self.id_at.1 as usize);
+        // Checked to be UTF-8 by the scan that made `self`.
+        std::str::from_utf8(&self.encoded[at..at + n]).unwrap_or_default()
     }
 
     /// The document for `msgs.N.msg`.
-    pub fn model(&self) -> &MsgDataModel {
-        &self.model
+    pub fn model(&self) -> MsgDataModel {
+        Self::model_of(&self.encoded).expect("a slot message's bytes scanned, so they decode")
     }
 
-    /// The `sdkws.MsgData` bytes the document was made from.
+    /// The `sdkws.MsgData` bytes.
     pub fn encoded(&self) -> &Bytes {
         &self.encoded
     }
@@ -84,6 +114,23 @@ impl SlotMsg {
         MsgData::decode(encoded.as_ref())
             .ok()
             .map(MsgDataModel::from_owned)
+    }
+}
+
+/// On a wire (the simulator's), a slot message is its bytes; reading one
+/// back scans them again.
+impl Serialize for SlotMsg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.encoded.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlotMsg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let encoded = Bytes::deserialize(d)?;
+        Self::from_bytes(encoded)
+            .map(|(m, _)| m)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -139,4 +186,45 @@ pub trait DocStore: Send + Sync + 'static {
         conversation_id: &'a str,
         seq: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> MsgData {
+        MsgData {
+            send_id: "u1".into(),
+            client_msg_id: "c-17".into(),
+            seq: 17,
+            send_time: 1_700_000_000_000,
+            content: b"hi".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_slot_message_reads_its_fields_from_its_bytes() {
+        let m = SlotMsg::encode(msg());
+        assert_eq!(m.seq(), 17);
+        assert_eq!(m.send_time(), 1_700_000_000_000);
+        assert_eq!(m.client_msg_id(), "c-17");
+        assert_eq!(m.model(), MsgDataModel::from_owned(msg()));
+        assert_eq!(m.encoded().as_ref(), msg().encode_to_vec().as_slice());
+        let anonymous = SlotMsg::encode(MsgData {
+            client_msg_id: String::new(),
+            ..msg()
+        });
+        assert_eq!(anonymous.client_msg_id(), "");
+        assert!(SlotMsg::from_bytes(Bytes::from_static(&[0x0a, 0x01, 0xff])).is_err());
+    }
+
+    #[test]
+    fn a_slot_message_crosses_a_wire_as_its_bytes() {
+        let m = SlotMsg::encode(msg());
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<SlotMsg>(&text).unwrap(), m);
+        // Bytes that are not a message are refused on the way in.
+        assert!(serde_json::from_str::<SlotMsg>("[10,1,255]").is_err());
+    }
 }
