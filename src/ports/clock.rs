@@ -28,12 +28,30 @@ pub trait Clock: Send + Sync + 'static {
     /// Completes after `d` has passed on this clock.
     fn sleep(&self, d: Duration) -> Sleep;
 
-    /// CPU time this process has used (user + system, µs), where the clock
-    /// can tell. Only for reporting how much work a run took: simulated and
-    /// manual clocks answer `None`.
-    fn cpu_us(&self) -> Option<u64> {
+    /// What this process has used so far, where the clock can tell. Only
+    /// for reporting how much work a run took: simulated and manual clocks
+    /// answer `None`.
+    fn usage(&self) -> Option<ProcessUsage> {
         None
     }
+
+    /// CPU time this process has used (user + system, µs), where the clock
+    /// can tell.
+    fn cpu_us(&self) -> Option<u64> {
+        self.usage().map(|u| u.user_us + u.sys_us)
+    }
+}
+
+/// CPU time and memory the operating system has charged to this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// CPU time spent in our own code, every thread, µs.
+    pub user_us: u64,
+    /// CPU time the kernel spent on our behalf (page faults, system calls),
+    /// every thread, µs.
+    pub sys_us: u64,
+    /// Memory resident now, bytes, where the platform can tell.
+    pub resident_bytes: Option<u64>,
 }
 
 /// Shared handle to a clock.
@@ -82,7 +100,7 @@ impl Clock for SystemClock {
         Box::pin(tokio::time::sleep(d))
     }
 
-    fn cpu_us(&self) -> Option<u64> {
+    fn usage(&self) -> Option<ProcessUsage> {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage writes a whole `rusage` into the pointer it is
         // given and reads nothing from it; a zeroed rusage is a valid value.
@@ -95,8 +113,22 @@ impl Clock for SystemClock {
         let us = |t: libc::timeval| {
             u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
         };
-        Some(us(usage.ru_utime) + us(usage.ru_stime))
+        Some(ProcessUsage {
+            user_us: us(usage.ru_utime),
+            sys_us: us(usage.ru_stime),
+            resident_bytes: resident_bytes(),
+        })
     }
+}
+
+/// Resident memory from `/proc/self/statm` (its second field counts pages);
+/// `None` where there is no such file.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// A clock that only moves when told to. `sleep` advances it by the
@@ -163,5 +195,23 @@ mod tests {
         }
         assert!(clock.cpu_us().unwrap() >= before + 20_000);
         assert_eq!(ManualClock::new(0).cpu_us(), None);
+        assert_eq!(ManualClock::new(0).usage(), None);
+    }
+
+    #[test]
+    fn the_system_clock_sees_resident_memory_grow() {
+        let clock = SystemClock::new();
+        let before = clock
+            .usage()
+            .and_then(|u| u.resident_bytes)
+            .expect("Linux has statm");
+        // Touch 64 MiB, one byte a page, so every page becomes resident.
+        let mut big = vec![0u8; 64 << 20];
+        for i in (0..big.len()).step_by(4096) {
+            big[i] = 1;
+        }
+        std::hint::black_box(&big);
+        let after = clock.usage().and_then(|u| u.resident_bytes).unwrap();
+        assert!(after >= before + (48 << 20), "{before} -> {after}");
     }
 }

@@ -19,7 +19,7 @@ pub mod log;
 pub mod rng;
 pub mod store;
 
-pub use clock::{Clock, SharedClock};
+pub use clock::{Clock, ProcessUsage, SharedClock};
 pub use hook::{ConversationHook, NewConversation};
 pub use log::{ConsumerEvent, LogConsumer, LogError, LogProducer, OutRecord, Record};
 pub use rng::{Rng, SeededRng};
