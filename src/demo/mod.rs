@@ -484,8 +484,7 @@ pub async fn run_async(args: DemoArgs, clock: SharedClock) -> anyhow::Result<Dem
         .collect();
     lat.sort_unstable();
     let used = start_usage.zip(end_usage);
-    let service_cpu_s =
-        used.map(|(a, b)| (b.user_us + b.sys_us).saturating_sub(a.user_us + a.sys_us) as f64 / 1e6);
+    let service_cpu_s = used.map(|(a, b)| b.cpu_us().saturating_sub(a.cpu_us()) as f64 / 1e6);
     let service_sys_s = used.map(|(a, b)| b.sys_us.saturating_sub(a.sys_us) as f64 / 1e6);
     let resident_growth_mb = used
         .and_then(|(a, b)| b.resident_bytes.zip(a.resident_bytes))
