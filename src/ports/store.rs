@@ -65,15 +65,7 @@ impl SlotMsg {
     /// `Err` if the bytes are not an `sdkws.MsgData`.
     pub fn from_bytes(encoded: Bytes) -> Result<(Self, MsgSizes), ScanError> {
         let s = scan(&encoded)?;
-        // An empty ID may point anywhere (a static ""), so its offset is
-        // only taken when it has bytes; it is read back as empty.
-        let id_at = match s.client_msg_id.len() {
-            0 => (0, 0),
-            n => {
-                let at = s.client_msg_id.as_ptr() as usize - encoded.as_ptr() as usize;
-                (at as u32, n as u32)
-            }
-        };
+        let id_at = (s.client_msg_id_at as u32, s.client_msg_id.len() as u32);
         let (seq, send_time, sizes) = (s.seq, s.send_time, s.sizes);
         let msg = Self {
             seq,

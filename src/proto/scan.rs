@@ -107,6 +107,8 @@ impl MsgSizes {
 pub struct MsgScan<'a> {
     /// `clientMsgID`.
     pub client_msg_id: &'a str,
+    /// Where `client_msg_id` starts in the scanned bytes (0 when absent).
+    pub client_msg_id_at: usize,
     /// `seq`.
     pub seq: i64,
     /// `sendTime`.
@@ -134,6 +136,7 @@ pub fn scan(bytes: &[u8]) -> Result<MsgScan<'_>, ScanError> {
                 out.sizes.ids[i] = s.len();
                 if tag == 4 {
                     out.client_msg_id = s;
+                    out.client_msg_id_at = bytes.len() - buf.len() - s.len();
                 }
             }
             12 => out.sizes.payloads[0] = delimited(tag, wt, &mut buf)?.len(),
@@ -348,6 +351,11 @@ mod tests {
         );
         if let (Ok(m), Ok(s)) = (decoded, scanned) {
             prop_assert_eq!(s.client_msg_id, m.client_msg_id.as_str());
+            let at = s.client_msg_id_at;
+            prop_assert_eq!(
+                &bytes[at..at + s.client_msg_id.len()],
+                m.client_msg_id.as_bytes()
+            );
             prop_assert_eq!(s.seq, m.seq);
             prop_assert_eq!(s.send_time, m.send_time);
             prop_assert_eq!(s.sizes, MsgSizes::of(&m));
@@ -387,6 +395,9 @@ mod tests {
         assert_eq!(s.sizes.options, 2);
         assert_eq!(s.sizes.push, Some([12, 2, 4, 3, 3]));
         assert_eq!(s.client_msg_id, "z");
+        let first = full().encode_to_vec().len();
+        assert!(s.client_msg_id_at > first, "the later ID's offset");
+        assert_eq!(&bytes[s.client_msg_id_at..][..1], b"z");
         agree(&bytes).unwrap();
     }
 
