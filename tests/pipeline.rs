@@ -11,7 +11,7 @@ use msgtransfer::domain::{bucket, cache_json, conversation};
 use msgtransfer::embedded::history;
 use msgtransfer::embedded::hook::EmbeddedHook;
 use msgtransfer::embedded::log::EmbeddedLog;
-use msgtransfer::embedded::redis::{EmbeddedRedis, Engine, shared_engine};
+use msgtransfer::embedded::redis::{EmbeddedRedis, SharedEngine, shared_engine};
 use msgtransfer::embedded::store::EmbeddedStore;
 use msgtransfer::metrics::Metrics;
 use msgtransfer::ops::dlq;
@@ -20,7 +20,6 @@ use msgtransfer::ports::clock::ManualClock;
 use msgtransfer::ports::{Clock, LogConsumer, OutRecord, Record, SeededRng};
 use msgtransfer::proto::{MsgData, MsgDataToMongoByMq, PushMsgDataToMq};
 use msgtransfer::service::{self, ServiceConfig, Wiring};
-use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
 
@@ -28,7 +27,7 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/openim");
 
 struct World {
     log: EmbeddedLog,
-    engine: Arc<Mutex<Engine>>,
+    engine: Arc<SharedEngine>,
     store: EmbeddedStore,
     hook: EmbeddedHook,
     clock: Arc<ManualClock>,

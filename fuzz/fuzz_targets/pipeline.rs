@@ -258,7 +258,7 @@ fn raw(bytes: &[u8], n: usize) -> (Vec<u8>, Option<MsgData>) {
 
 struct World {
     log: EmbeddedLog,
-    engine: Arc<parking_lot::Mutex<msgtransfer::embedded::redis::Engine>>,
+    engine: Arc<msgtransfer::embedded::redis::SharedEngine>,
     store: EmbeddedStore,
     hook: EmbeddedHook,
     clock: SharedClock,

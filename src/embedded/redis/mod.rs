@@ -9,6 +9,8 @@
 //! - `lua`: EVAL/EVALSHA/SCRIPT with Redis' Lua 5.1 environment;
 //! - [`conn`]: [`EmbeddedRedis`], a `redis::aio::ConnectionLike` over a
 //!   shared engine, with fault injection for testing callers;
+//! - [`shared`]: [`SharedEngine`], the engine as connections share it,
+//!   where one that finds it busy leaves its request with the holder;
 //! - [`resp`]: the RESP2 codec for serving the engine over a socket.
 //!
 //! The model assumes one database (db 0), RESP2, and no replicas; it never
@@ -21,9 +23,11 @@ pub mod conn;
 pub mod engine;
 mod lua;
 pub mod resp;
+pub mod shared;
 
 pub use conn::{EmbeddedRedis, FaultHook, FaultKind, shared_engine};
 pub use engine::{
     ClientIds, Engine, Entry, HashFields, Keyspace, Reply, Session, Value, glob_match,
 };
 pub use resp::{RespError, encode_command, encode_reply, parse_command};
+pub use shared::{EngineGuard, SharedEngine};
