@@ -89,7 +89,7 @@ impl Default for DemoArgs {
             progress: true,
             partitions: 8,
             window: 400_000,
-            transfer_loops: 2,
+            transfer_loops: 4,
             workers: 2,
             crash_at: Vec::new(),
             faults: None,

@@ -151,14 +151,38 @@ fn with_args<R>(cmd: &Cmd, f: impl FnOnce(&[&[u8]]) -> R) -> R {
     f(&args)
 }
 
-/// A copy of a command's arguments, for running it later.
-fn owned_args(args: &[&[u8]]) -> Vec<Vec<u8>> {
-    args.iter().map(|a| a.to_vec()).collect()
+/// A command's arguments copied into one buffer, for running it later.
+/// The job that runs it hands it back with the reply, so it is freed by the
+/// thread that allocated it (a free from another thread costs the
+/// allocator more).
+struct OwnedArgs {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-/// Slices of owned arguments, as the engine takes them.
-fn borrowed(args: &[Vec<u8>]) -> Vec<&[u8]> {
-    args.iter().map(Vec::as_slice).collect()
+impl OwnedArgs {
+    fn copy(args: &[&[u8]]) -> Self {
+        let mut bytes = Vec::with_capacity(args.iter().map(|a| a.len()).sum());
+        let mut ends = Vec::with_capacity(args.len());
+        for a in args {
+            bytes.extend_from_slice(a);
+            ends.push(bytes.len());
+        }
+        OwnedArgs { bytes, ends }
+    }
+
+    /// The arguments, as the engine takes them.
+    fn slices(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let arg = &self.bytes[start..end];
+                start = end;
+                arg
+            })
+            .collect()
+    }
 }
 
 impl EmbeddedRedis {
@@ -245,12 +269,15 @@ impl EmbeddedRedis {
         let reply = match at_once {
             Some(reply) => reply,
             None => {
-                let owned = with_args(cmd, owned_args);
-                self.on_engine(move |engine, session, now| {
-                    engine.execute(session, now, &borrowed(&owned))
-                })
-                .await
-                .ok_or_else(|| dropped("engine went away"))?
+                let owned = with_args(cmd, OwnedArgs::copy);
+                let (reply, owned) = self
+                    .on_engine(move |engine, session, now| {
+                        (engine.execute(session, now, &owned.slices()), owned)
+                    })
+                    .await
+                    .ok_or_else(|| dropped("engine went away"))?;
+                drop(owned);
+                reply
             }
         };
         if kind == Some(FaultKind::ErrorAfterExecute) {
@@ -308,21 +335,23 @@ impl EmbeddedRedis {
         match at_once {
             Some(()) => {}
             None => {
-                let owned: Vec<Vec<Vec<u8>>> = wrapped()
+                let owned: Vec<OwnedArgs> = wrapped()
                     .take(runs)
-                    .map(|cmd| with_args(cmd, owned_args))
+                    .map(|cmd| with_args(cmd, OwnedArgs::copy))
                     .collect();
-                replies = self
+                let returned: Vec<OwnedArgs>;
+                (replies, returned) = self
                     .on_engine(move |engine, session, now| {
                         replies.extend(
                             owned
                                 .iter()
-                                .map(|args| engine.execute(session, now, &borrowed(args))),
+                                .map(|args| engine.execute(session, now, &args.slices())),
                         );
-                        replies
+                        (replies, owned)
                     })
                     .await
                     .ok_or_else(|| dropped("engine went away"))?;
+                drop(returned);
             }
         }
         if let Some(e) = failure {
