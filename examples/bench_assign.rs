@@ -203,6 +203,8 @@ impl Workload {
             let _ = write!(self.arena, "{hi:016x}{lo:016x}");
             self.spans.push((start, self.arena.len()));
             self.push(b"1");
+            // The JSON with the seq this message will get (the service
+            // predicts it the same way), then that seq and where it starts.
             let start = self.arena.len();
             let (shi, slo) = client_msg_id(msg ^ 0x5eed_5eed_5eed_5eed);
             let _ = write!(
@@ -210,18 +212,20 @@ impl Workload {
                 "{}{hi:016x}{lo:016x}\",\"serverMsgID\":\"{shi:016x}{slo:016x}{}",
                 prefix.0, prefix.1
             );
-            self.spans.push((start, self.arena.len()));
-            let start = self.arena.len();
+            let seq_at = self.arena.len() - start;
+            let predicted = self.convs[c].next_seq + i as i64;
             let (chi, clo) = client_msg_id(msg ^ 0xc0de_c0de_c0de_c0de);
             let _ = write!(
                 self.arena,
-                "{}{chi:016x}{clo:016x}{}{}{}",
+                "{predicted}{}{chi:016x}{clo:016x}{}{}{}",
                 suffix[0],
                 suffix[1],
                 NOW_MS + msg as i64,
                 suffix[2]
             );
             self.spans.push((start, self.arena.len()));
+            self.push_int(predicted);
+            self.push_int(seq_at as i64);
         }
         (self.prefix, self.suffix) = (prefix, suffix);
         let sender = std::mem::take(&mut self.convs[c].sender);

@@ -75,12 +75,22 @@ impl<C: ConnectionLike + Clone + Send + Sync> Side<C> {
     }
 }
 
-fn item<'a>(id: &'a str, sender: Option<&'a str>, prefix: &'a str) -> AssignItem<'a> {
+/// What follows the seq in the tests' cache JSON.
+const SUFFIX: &str = ",\"content\":\"h\\u003ci\"}";
+
+/// A cache JSON: `prefix`, the seq the caller predicts, then [`SUFFIX`].
+fn json(prefix: &str, predicted: i64) -> String {
+    format!("{prefix}{predicted}{SUFFIX}")
+}
+
+/// A message whose cache JSON (from [`json`]) predicts seq `predicted`.
+fn item<'a>(id: &'a str, sender: Option<&'a str>, json: &'a str, predicted: i64) -> AssignItem<'a> {
     AssignItem {
         client_msg_id: id,
         sender,
-        json_prefix: prefix,
-        json_suffix: ",\"content\":\"h\\u003ci\"}",
+        json,
+        predicted,
+        seq_at: json.len() - SUFFIX.len() - predicted.to_string().len(),
     }
 }
 
@@ -89,14 +99,15 @@ async fn first_batch_leaves_openim_layout_in_real_redis() {
     let clock = ManualClock::new(NOW_MS);
     let mut real = Side::new(support::redis_conn().await);
     let conv = format!("si_{}_alice", support::unique("bob"));
-    let prefix = "{\"seq\":";
+    // Predicted right (1, 2): the script stores the JSON as it came.
+    let (j1, j2) = (json("{\"seq\":", 1), json("{\"seq\":", 2));
     let a = real
         .assign(
             &clock,
             &conv,
             &[
-                item("m1", Some("alice"), prefix),
-                item("m2", Some("alice"), prefix),
+                item("m1", Some("alice"), &j1, 1),
+                item("m2", Some("alice"), &j2, 2),
             ],
         )
         .await;
@@ -144,9 +155,15 @@ async fn redelivery_gets_its_first_seq_back_from_real_redis() {
     let clock = ManualClock::new(NOW_MS);
     let mut real = Side::new(support::redis_conn().await);
     let conv = format!("sg_{}", support::unique("grp"));
-    let p = "{\"seq\":";
+    // Predicted wrong (0): the script splices in the seqs.
+    let j = json("{\"seq\":", 0);
+    let p = j.as_str();
     let first = real
-        .assign(&clock, &conv, &[item("a", None, p), item("b", None, p)])
+        .assign(
+            &clock,
+            &conv,
+            &[item("a", None, p, 0), item("b", None, p, 0)],
+        )
         .await;
     assert_eq!(first.seqs, vec![1, 2]);
     // The same two again, with a new one in between and a copy of it.
@@ -155,10 +172,10 @@ async fn redelivery_gets_its_first_seq_back_from_real_redis() {
             &clock,
             &conv,
             &[
-                item("b", None, p),
-                item("c", None, p),
-                item("a", None, p),
-                item("c", None, p),
+                item("b", None, p, 0),
+                item("c", None, p, 0),
+                item("a", None, p, 0),
+                item("c", None, p, 0),
             ],
         )
         .await;
@@ -212,14 +229,23 @@ async fn embedded_redis_agrees_with_real_redis_on_random_batches() {
                 batch_ids.push(id);
             }
         }
+        // Each message predicts a random seq near the next one, so that
+        // both the stored-as-is and the spliced paths are compared.
         let prefix = format!("{{\"step\":{step},\"seq\":");
+        let guesses: Vec<(String, i64)> = (0..batch_ids.len())
+            .map(|_| {
+                let guess = rng.random_range(0..40i64);
+                (json(&prefix, guess), guess)
+            })
+            .collect();
         let items: Vec<AssignItem<'_>> = batch_ids
             .iter()
-            .map(|id| {
+            .zip(&guesses)
+            .map(|(id, (j, guess))| {
                 let sender = conv
                     .starts_with("si_")
                     .then(|| senders[rng.random_range(0..senders.len())]);
-                item(id, sender, &prefix)
+                item(id, sender, j, *guess)
             })
             .collect();
         let want = model.assign(&clock, conv, &items).await;
@@ -289,8 +315,9 @@ async fn concurrent_writers_never_share_a_seq_on_real_redis() {
             let mut seqs = Vec::new();
             for b in 0..40 {
                 let ids: Vec<String> = (0..7).map(|i| format!("w{w}b{b}i{i}")).collect();
+                let j = json("{\"seq\":", 0);
                 let items: Vec<AssignItem<'_>> =
-                    ids.iter().map(|id| item(id, None, "{\"seq\":")).collect();
+                    ids.iter().map(|id| item(id, None, &j, 0)).collect();
                 let a = cache::assign(
                     &mut conn,
                     store.as_ref(),
@@ -418,7 +445,8 @@ async fn the_failover_fence_refuses_seqs_no_replica_confirmed() {
     let clock = ManualClock::new(NOW_MS);
     let mut side = Side::new(support::redis_conn().await);
     let conv = format!("sg_{}", support::unique("fence"));
-    let items = [item("m1", Some("u1"), "{\"seq\":")];
+    let j = json("{\"seq\":", 0);
+    let items = [item("m1", Some("u1"), &j, 0)];
     let fenced = CacheConfig {
         wait_replicas: 1,
         wait_timeout_ms: 50,
@@ -460,11 +488,13 @@ async fn per_key_cache_writes_leave_what_the_script_leaves() {
     let mut side = Side::new(support::redis_conn().await);
     let run = support::unique("perkey");
     let (in_script, per_key) = (format!("sg_{run}a"), format!("sg_{run}b"));
+    // Predictions right (1, 3) and wrong (5; 4 for the copy of m1).
+    let guesses = [1, 5, 3, 4].map(|g| (json("{\"seq\":", g), g));
     let items = [
-        item("m1", Some("u1"), "{\"seq\":"),
-        item("m2", Some("u2"), "{\"seq\":"),
-        item("m3", Some("u1"), "{\"seq\":"),
-        item("m1", Some("u1"), "{\"seq\":"),
+        item("m1", Some("u1"), &guesses[0].0, guesses[0].1),
+        item("m2", Some("u2"), &guesses[1].0, guesses[1].1),
+        item("m3", Some("u1"), &guesses[2].0, guesses[2].1),
+        item("m1", Some("u1"), &guesses[3].0, guesses[3].1),
     ];
     let a = side.assign(&clock, &in_script, &items).await;
     let cluster_cfg = CacheConfig {

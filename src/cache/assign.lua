@@ -23,8 +23,9 @@
 --          as d pairs (clientMsgID, seq), seq 0 = not recorded; -1 = the
 --          caller keeps no ledger (never ask for a lookup)
 -- ARGV[15..14+2d]  the looked-up pairs
--- then per message (4 each): clientMsgID, sender index (0 = none),
---                  cache JSON before the seq, cache JSON after the seq
+-- then per message (5 each): clientMsgID, sender index (0 = none),
+--                  cache JSON written with the seq the caller predicts,
+--                  that predicted seq, the byte offset of its digits
 -- then the sender user IDs, indexed from 1.
 --
 -- Replies:
@@ -59,7 +60,7 @@ for j = 1, math.max(looked_n, 0) do
   looked[ARGV[13 + 2 * j]] = tonumber(ARGV[14 + 2 * j])
 end
 local base = 14 + 2 * math.max(looked_n, 0)
-local senders_at = base + 4 * n
+local senders_at = base + 5 * n
 
 local format = string.format
 local function num(x) return format('%d', x) end
@@ -67,7 +68,7 @@ local function num(x) return format('%d', x) end
 -- 1. Dedup: which messages already have a seq (earlier delivery, or an
 --    earlier copy inside this batch)?
 local ids = {}
-for i = 1, n do ids[i] = ARGV[base + 4 * (i - 1) + 1] end
+for i = 1, n do ids[i] = ARGV[base + 5 * (i - 1) + 1] end
 local cur_epoch = redis.call('HMGET', KEYS[2], unpack(ids))
 local prev_epoch = redis.call('HMGET', KEYS[3], unpack(ids))
 local seqs, hits, first_of = {}, {}, {}
@@ -199,15 +200,23 @@ else
 end
 
 -- 3. Message cache (every message, hits included: the earlier delivery may
---    not have got this far) and the senders' read seqs, max-only.
+--    not have got this far) and the senders' read seqs, max-only. The
+--    caller wrote each JSON with the seq it predicted; where that is not
+--    the seq the message got, the digits are replaced.
 local top = {}
 local reply = {0, prev}
 for i = 1, n do
-  local at = base + 4 * (i - 1)
+  local at = base + 5 * (i - 1)
   if write_cache then
     local s = seq_text[i] or num(seqs[i])
     local key = 'MSG_CACHE:' .. conv .. ':' .. s
-    redis.call('HSET', key, 'value', ARGV[at + 3] .. s .. ARGV[at + 4])
+    local json = ARGV[at + 3]
+    local predicted = ARGV[at + 4]
+    if predicted ~= s then
+      local off = tonumber(ARGV[at + 5])
+      json = string.sub(json, 1, off) .. s .. string.sub(json, off + #predicted + 1)
+    end
+    redis.call('HSET', key, 'value', json)
     redis.call('EXPIRE', key, ARGV[10])
     local who = tonumber(ARGV[at + 2])
     if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end

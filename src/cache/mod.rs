@@ -149,10 +149,39 @@ pub struct AssignItem<'a> {
     pub client_msg_id: &'a str,
     /// Whose read seq this message raises (chat conversations only).
     pub sender: Option<&'a str>,
-    /// Cache JSON before the seq.
-    pub json_prefix: &'a str,
-    /// Cache JSON after the seq.
-    pub json_suffix: &'a str,
+    /// The cache JSON, written with the seq the caller expects this message
+    /// to get (`predicted`), whose decimal digits start at byte `seq_at`.
+    /// When the message gets another seq, those digits are replaced by it.
+    pub json: &'a str,
+    /// The seq written into `json`.
+    pub predicted: i64,
+    /// Where `predicted`'s digits start in `json`.
+    pub seq_at: usize,
+}
+
+impl AssignItem<'_> {
+    /// The cache JSON for `seq`: `json` itself when the prediction held.
+    pub fn cache_json(&self, seq: i64) -> std::borrow::Cow<'_, str> {
+        if seq == self.predicted {
+            return std::borrow::Cow::Borrowed(self.json);
+        }
+        let digits = decimal_len(self.predicted);
+        let (before, rest) = self.json.split_at(self.seq_at.min(self.json.len()));
+        let after = rest.get(digits..).unwrap_or("");
+        std::borrow::Cow::Owned(format!("{before}{seq}{after}"))
+    }
+}
+
+/// How many characters `n` takes in decimal (with its sign).
+fn decimal_len(n: i64) -> usize {
+    let sign = usize::from(n < 0);
+    let mut m = n.unsigned_abs();
+    let mut len = 1;
+    while m >= 10 {
+        m /= 10;
+        len += 1;
+    }
+    sign + len
 }
 
 /// The outcome of [`assign`].
@@ -278,11 +307,11 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
         let (mode, base, block) = refill.map_or((0, 0, 0), |r| (r.mode, r.base, r.block));
         let json_bytes: usize = items
             .iter()
-            .map(|it| it.json_prefix.len() + it.json_suffix.len() + it.client_msg_id.len() + 8)
+            .map(|it| it.json.len() + it.client_msg_id.len() + 32)
             .sum();
         let looked_bytes: usize = looked.keys().map(|k| k.len() + 20).sum();
         let mut cmd = redis::Cmd::with_capacity(
-            18 + 2 * looked.len() + 4 * items.len() + senders.len(),
+            18 + 2 * looked.len() + 5 * items.len() + senders.len(),
             json_bytes + looked_bytes + 256 + 3 * conversation_id.len(),
         );
         cmd.arg("EVALSHA")
@@ -316,10 +345,11 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             if cfg.cache_in_script {
                 cmd.arg(it.client_msg_id)
                     .arg(*who)
-                    .arg(it.json_prefix)
-                    .arg(it.json_suffix);
+                    .arg(it.json)
+                    .arg(it.predicted)
+                    .arg(it.seq_at);
             } else {
-                cmd.arg(it.client_msg_id).arg(0).arg("").arg("");
+                cmd.arg(it.client_msg_id).arg(0).arg("").arg(0).arg(0);
             }
         }
         if cfg.cache_in_script {
@@ -488,7 +518,7 @@ async fn put_each<C: ConnectionLike + Clone + Send + Sync>(
         let mut inv = PUT.prepare_invoke();
         inv.key(msg_cache_key(conversation_id, *seq))
             .arg("cache")
-            .arg(format!("{}{seq}{}", it.json_prefix, it.json_suffix))
+            .arg(it.cache_json(*seq).as_ref())
             .arg(cfg.msg_cache_ttl_s);
         writes.push(inv);
     }

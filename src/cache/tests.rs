@@ -33,14 +33,25 @@ fn items<'a>(ids: &'a [&'a str], sender: Option<&'a str>) -> Vec<AssignItem<'a>>
         .map(|id| AssignItem {
             client_msg_id: id,
             sender,
-            json_prefix: "{\"Seq\":",
-            json_suffix: "}",
+            // Predicts seq 0, which no message gets: every entry is
+            // spliced (the tests below check both ways).
+            json: "{\"Seq\":0}",
+            predicted: 0,
+            seq_at: 7,
         })
         .collect()
 }
 
 impl Fixture {
     async fn assign(&mut self, conv: &str, ids: &[&str], sender: Option<&str>) -> Assignment {
+        self.try_assign(conv, &items(ids, sender)).await.unwrap()
+    }
+
+    async fn try_assign(
+        &mut self,
+        conv: &str,
+        items: &[AssignItem<'_>],
+    ) -> Result<Assignment, CacheError> {
         assign(
             &mut self.redis,
             &self.store,
@@ -48,10 +59,9 @@ impl Fixture {
             &self.tokens,
             &self.cfg,
             conv,
-            &items(ids, sender),
+            items,
         )
         .await
-        .unwrap()
     }
 
     async fn hget(&mut self, key: &str, field: &str) -> Option<String> {
@@ -105,6 +115,51 @@ async fn allocations_continue_the_block_then_refill_contiguously() {
         "no gap across the refill"
     );
     assert_eq!(f.store.seq_doc("si_a_b").unwrap().max_seq, 51 + 59 + 50);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_cache_json_keeps_a_right_prediction_and_splices_a_wrong_one() {
+    let mut f = fixture();
+    // Three messages predicting 1, 2 and 3; "b" is a redelivery of "a"
+    // inside the batch, so it gets 1, not its prediction, and "c" then
+    // gets 2, not 3. Predictions with fewer and with more digits than the
+    // seq are spliced too.
+    let jsons = [
+        ("a", "{\"Seq\":1,\"x\":\"a\"}", 1, 7),
+        ("a", "{\"Seq\":2,\"x\":\"b\"}", 2, 7),
+        ("c", "{\"Seq\":3,\"x\":\"c\"}", 3, 7),
+        ("d", "{\"Seq\":40,\"x\":\"d\"}", 40, 7),
+        ("e", "{\"Seq\":", 0, 7),
+    ];
+    let items: Vec<AssignItem<'_>> = jsons
+        .iter()
+        .map(|(id, json, predicted, seq_at)| AssignItem {
+            client_msg_id: id,
+            sender: None,
+            json,
+            predicted: *predicted,
+            seq_at: *seq_at,
+        })
+        .collect();
+    let a = f.try_assign("sg_g", &items).await.unwrap();
+    assert_eq!(a.seqs, vec![1, 1, 2, 3, 4]);
+    // Seq 1 was written twice, last by the copy, from its own JSON; seq 4
+    // from a JSON that ends where the (missing) digits would be.
+    let want = [
+        (1, "{\"Seq\":1,\"x\":\"b\"}"),
+        (2, "{\"Seq\":2,\"x\":\"c\"}"),
+        (3, "{\"Seq\":3,\"x\":\"d\"}"),
+        (4, "{\"Seq\":4"),
+    ];
+    for (seq, json) in want {
+        let key = format!("MSG_CACHE:sg_g:{seq}");
+        assert_eq!(f.hget(&key, "value").await.as_deref(), Some(json), "{key}");
+    }
+    // The same rule on the Rust side (Redis Cluster writes the cache there).
+    assert_eq!(items[0].cache_json(1), "{\"Seq\":1,\"x\":\"a\"}");
+    assert_eq!(items[3].cache_json(3), "{\"Seq\":3,\"x\":\"d\"}");
+    assert_eq!(items[2].cache_json(123), "{\"Seq\":123,\"x\":\"c\"}");
+    assert_eq!(items[4].cache_json(4), "{\"Seq\":4");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -204,17 +259,7 @@ async fn a_lock_that_never_lapses_times_out() {
         .query_async(&mut f.redis)
         .await
         .unwrap();
-    let err = assign(
-        &mut f.redis,
-        &f.store,
-        f.clock.as_ref(),
-        &f.tokens,
-        &f.cfg,
-        "c",
-        &items(&["m"], None),
-    )
-    .await
-    .unwrap_err();
+    let err = f.try_assign("c", &items(&["m"], None)).await.unwrap_err();
     assert!(matches!(err, CacheError::LockTimeout(_)), "{err}");
 }
 

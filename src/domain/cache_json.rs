@@ -3,9 +3,11 @@
 //! The document is Go's `encoding/json` rendering of `MsgInfoModel`, with Go
 //! field names, Go's escaping (HTML characters, U+2028/9, `\ufffd` for each
 //! invalid UTF-8 byte of `content`) and sorted option keys, so the Go msg RPC
-//! reads our entries as its own. The encoder can stop at the seq and hand back
-//! the text before and after it: the allocator, which learns the seq inside
-//! Redis, then writes `prefix .. seq .. suffix` without a second round trip.
+//! reads our entries as its own. The seq is only learnt inside Redis, so the
+//! transfer writes the document with the seq it predicts and says where its
+//! digits are ([`encode_at`]); the allocator stores it as it is when the
+//! prediction holds and replaces the digits when it does not, all in the
+//! same round trip.
 
 use std::fmt::Write as _;
 
@@ -198,10 +200,18 @@ pub fn encode_split(msg: &MsgData) -> (String, String) {
 
 /// The full cache document of `msg`, using `msg.seq`.
 pub fn encode(msg: &MsgData) -> String {
+    encode_at(msg, msg.seq).0
+}
+
+/// The full cache document of `msg` with `seq` as its seq, and the byte
+/// offset where the seq's digits start.
+pub fn encode_at(msg: &MsgData, seq: i64) -> (String, usize) {
     let (mut p, s) = encode_split(msg);
-    let _ = write!(p, "{}", msg.seq);
+    let at = p.len();
+    p.reserve(20 + s.len());
+    let _ = write!(p, "{seq}");
     p.push_str(&s);
-    p
+    (p, at)
 }
 
 /// The fields of a cache entry the checker compares.

@@ -32,6 +32,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use redis::aio::ConnectionLike;
+use rustc_hash::FxHashMap;
 
 use super::consumer::{Batch, ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
@@ -229,13 +230,42 @@ pub struct Transfer<C> {
     deps: TransferDeps<C>,
     cfg: TransferConfig,
     tokens: cache::TokenSource,
+    /// The last seq this instance saw handed out per conversation, to
+    /// predict the next ones (see [`AssignItem::json`]). Only a hint: a
+    /// wrong or missing prediction costs the script a string splice.
+    last_seqs: parking_lot::Mutex<FxHashMap<ConvKey, i64>>,
 }
+
+/// Conversations whose last seq [`Transfer`] remembers; past this many the
+/// memory is dropped and rebuilt from the next batches.
+const REMEMBERED_CONVERSATIONS: usize = 1 << 16;
 
 impl<C> Transfer<C> {
     /// A handler over `deps`.
     pub fn new(deps: TransferDeps<C>, cfg: TransferConfig) -> Self {
         let tokens = cache::TokenSource::new(deps.rng.as_ref());
-        Self { deps, cfg, tokens }
+        Self {
+            deps,
+            cfg,
+            tokens,
+            last_seqs: parking_lot::Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// The seq the next new message of `conv` is expected to get: one past
+    /// the last one seen, or 1 (a new conversation) when none was.
+    fn predict(&self, conv: &ConvKey) -> i64 {
+        self.last_seqs.lock().get(conv).map_or(1, |last| last + 1)
+    }
+
+    /// Remembers that `conv` handed out seqs up to `last`.
+    fn saw(&self, conv: &ConvKey, last: i64) {
+        let mut seen = self.last_seqs.lock();
+        if seen.len() >= REMEMBERED_CONVERSATIONS && !seen.contains_key(conv) {
+            seen.clear();
+        }
+        let e = seen.entry(conv.clone()).or_insert(last);
+        *e = (*e).max(last);
     }
 }
 
@@ -243,18 +273,25 @@ impl<C> Transfer<C> {
 struct Prepared {
     /// Indices of stored items, in order.
     stored: Vec<usize>,
-    /// Cache JSON halves per stored item.
-    json: Vec<(String, String)>,
+    /// Per stored item: its cache JSON written with its predicted seq, where
+    /// that seq's digits start, and the predicted seq.
+    json: Vec<(String, usize, i64)>,
     /// Receipts aggregated per (user, conversation): max read seq.
     receipts: BTreeMap<(String, String), i64>,
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
-    fn prepare(items: &[Box<TransferItem>]) -> Prepared {
+    /// `first` is the seq the first stored message is predicted to get; the
+    /// others follow it in order.
+    fn prepare(items: &[Box<TransferItem>], first: i64) -> Prepared {
         let stored: Vec<usize> = (0..items.len()).filter(|i| items[*i].unit.stored).collect();
         let json = stored
             .iter()
-            .map(|i| cache_json::encode_split(&items[*i].unit.msg))
+            .zip(first..)
+            .map(|(i, predicted)| {
+                let (json, at) = cache_json::encode_at(&items[*i].unit.msg, predicted);
+                (json, at, predicted)
+            })
             .collect();
         let mut receipts = BTreeMap::new();
         for it in items {
@@ -317,7 +354,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
     }
 
     async fn run_batch(&self, conv: ConvKey, mut items: Batch<TransferItem>) -> Option<()> {
-        let prep = Self::prepare(&items);
+        let prep = Self::prepare(&items, self.predict(&conv));
         let d = &self.deps;
         let m = &d.metrics;
         let cache_cfg = &self.cfg.cache;
@@ -345,7 +382,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             let assign_items: Vec<AssignItem<'_>> = chunk_idx
                 .iter()
                 .zip(json_chunk)
-                .map(|(i, (pre, suf))| {
+                .map(|(i, (json, seq_at, predicted))| {
                     let msg = &items[*i].unit.msg;
                     AssignItem {
                         // An empty ID is never looked up or recorded.
@@ -355,8 +392,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                             &msg.client_msg_id
                         },
                         sender: chat.then_some(msg.send_id.as_str()),
-                        json_prefix: pre,
-                        json_suffix: suf,
+                        json,
+                        predicted: *predicted,
+                        seq_at: *seq_at,
                     }
                 })
                 .collect();
@@ -385,6 +423,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 )
                 .await?;
             drop(assign_items);
+            let newest = assigned
+                .seqs
+                .iter()
+                .zip(&assigned.hits)
+                .filter(|(_, hit)| !**hit)
+                .map(|(seq, _)| *seq)
+                .max();
+            if let Some(last) = newest {
+                self.saw(&conv, last);
+            }
             for (i, seq) in chunk_idx.iter().zip(&assigned.seqs) {
                 items[*i].unit.msg.seq = *seq;
             }
