@@ -115,34 +115,77 @@ pub fn go_lossy_string(bytes: &[u8]) -> String {
     }
 }
 
+/// Bytes of a cache document that do not depend on the message: field
+/// names, punctuation and the longest numbers.
+const FIXED_LEN: usize = 560;
+
+/// About the length of `msg`'s cache document (exact unless escaping
+/// lengthens a string), so it can be written into one allocation.
+fn estimated_len(msg: &MsgData) -> usize {
+    let strings = [
+        &msg.send_id,
+        &msg.recv_id,
+        &msg.group_id,
+        &msg.client_msg_id,
+        &msg.server_msg_id,
+        &msg.sender_nickname,
+        &msg.sender_face_url,
+        &msg.attached_info,
+        &msg.ex,
+    ];
+    let push = msg.offline_push_info.as_ref().map_or(0, |o| {
+        o.title.len() + o.desc.len() + o.ex.len() + o.i_os_push_sound.len()
+    });
+    FIXED_LEN
+        + strings.iter().map(|s| s.len()).sum::<usize>()
+        + msg.content.len()
+        + msg.options.keys().map(|k| k.len() + 9).sum::<usize>()
+        + msg
+            .at_user_id_list
+            .iter()
+            .map(|u| u.len() + 3)
+            .sum::<usize>()
+        + push
+}
+
 /// The cache document of `msg` split around its seq: the full document is
 /// `prefix + seq.to_string() + suffix`.
 pub fn encode_split(msg: &MsgData) -> (String, String) {
     let mut p = String::with_capacity(384 + msg.content.len());
+    push_head(&mut p, msg);
+    let mut s = String::with_capacity(192);
+    push_tail(&mut s, msg);
+    (p, s)
+}
+
+/// Appends the document up to where the seq's digits go.
+fn push_head(p: &mut String, msg: &MsgData) {
     p.push_str("{\"Msg\":{\"SendID\":");
-    push_go_str(&mut p, &msg.send_id);
+    push_go_str(p, &msg.send_id);
     p.push_str(",\"RecvID\":");
-    push_go_str(&mut p, &msg.recv_id);
+    push_go_str(p, &msg.recv_id);
     p.push_str(",\"GroupID\":");
-    push_go_str(&mut p, &msg.group_id);
+    push_go_str(p, &msg.group_id);
     p.push_str(",\"ClientMsgID\":");
-    push_go_str(&mut p, &msg.client_msg_id);
+    push_go_str(p, &msg.client_msg_id);
     p.push_str(",\"ServerMsgID\":");
-    push_go_str(&mut p, &msg.server_msg_id);
+    push_go_str(p, &msg.server_msg_id);
     let _ = write!(p, ",\"SenderPlatformID\":{}", msg.sender_platform_id);
     p.push_str(",\"SenderNickname\":");
-    push_go_str(&mut p, &msg.sender_nickname);
+    push_go_str(p, &msg.sender_nickname);
     p.push_str(",\"SenderFaceURL\":");
-    push_go_str(&mut p, &msg.sender_face_url);
+    push_go_str(p, &msg.sender_face_url);
     let _ = write!(
         p,
         ",\"SessionType\":{},\"MsgFrom\":{},\"ContentType\":{},\"Content\":",
         msg.session_type, msg.msg_from, msg.content_type
     );
-    push_go_bytes(&mut p, &msg.content);
+    push_go_bytes(p, &msg.content);
     p.push_str(",\"Seq\":");
+}
 
-    let mut s = String::with_capacity(192);
+/// Appends the document from just after the seq's digits to its end.
+fn push_tail(s: &mut String, msg: &MsgData) {
     let _ = write!(
         s,
         ",\"SendTime\":{},\"CreateTime\":{},\"Status\":{},\"IsRead\":false,\"Options\":",
@@ -156,7 +199,7 @@ pub fn encode_split(msg: &MsgData) -> (String, String) {
             if i > 0 {
                 s.push(',');
             }
-            push_go_str(&mut s, k);
+            push_go_str(s, k);
             s.push(':');
             s.push_str(if *v { "true" } else { "false" });
         }
@@ -167,13 +210,13 @@ pub fn encode_split(msg: &MsgData) -> (String, String) {
         None => s.push_str("null"),
         Some(o) => {
             s.push_str("{\"Title\":");
-            push_go_str(&mut s, &o.title);
+            push_go_str(s, &o.title);
             s.push_str(",\"Desc\":");
-            push_go_str(&mut s, &o.desc);
+            push_go_str(s, &o.desc);
             s.push_str(",\"Ex\":");
-            push_go_str(&mut s, &o.ex);
+            push_go_str(s, &o.ex);
             s.push_str(",\"IOSPushSound\":");
-            push_go_str(&mut s, &o.i_os_push_sound);
+            push_go_str(s, &o.i_os_push_sound);
             let _ = write!(s, ",\"IOSBadgeCount\":{}}}", o.i_os_badge_count);
         }
     }
@@ -186,16 +229,15 @@ pub fn encode_split(msg: &MsgData) -> (String, String) {
             if i > 0 {
                 s.push(',');
             }
-            push_go_str(&mut s, u);
+            push_go_str(s, u);
         }
         s.push(']');
     }
     s.push_str(",\"AttachedInfo\":");
-    push_go_str(&mut s, &msg.attached_info);
+    push_go_str(s, &msg.attached_info);
     s.push_str(",\"Ex\":");
-    push_go_str(&mut s, &msg.ex);
+    push_go_str(s, &msg.ex);
     s.push_str("},\"Revoke\":null,\"DelList\":null,\"IsRead\":false}");
-    (p, s)
 }
 
 /// The full cache document of `msg`, using `msg.seq`.
@@ -206,12 +248,12 @@ pub fn encode(msg: &MsgData) -> String {
 /// The full cache document of `msg` with `seq` as its seq, and the byte
 /// offset where the seq's digits start.
 pub fn encode_at(msg: &MsgData, seq: i64) -> (String, usize) {
-    let (mut p, s) = encode_split(msg);
-    let at = p.len();
-    p.reserve(20 + s.len());
-    let _ = write!(p, "{seq}");
-    p.push_str(&s);
-    (p, at)
+    let mut doc = String::with_capacity(estimated_len(msg));
+    push_head(&mut doc, msg);
+    let at = doc.len();
+    let _ = write!(doc, "{seq}");
+    push_tail(&mut doc, msg);
+    (doc, at)
 }
 
 /// The fields of a cache entry the checker compares.
@@ -237,6 +279,53 @@ pub fn decode_identity(json: &[u8]) -> Option<CachedIdentity> {
 mod tests {
     use super::*;
     use crate::proto::OfflinePushInfo;
+
+    #[test]
+    fn estimate_fits_documents_without_escapes() {
+        // The longest numbers and every optional part present: the
+        // estimate must still cover the document, so it is written into
+        // one allocation.
+        let mut longest = MsgData {
+            send_id: "user-1".into(),
+            client_msg_id: "0123456789abcdef0123456789abcdef".into(),
+            content: br#"{"content":"hello"}"#.to_vec(),
+            sender_platform_id: i32::MIN,
+            session_type: i32::MIN,
+            msg_from: i32::MIN,
+            content_type: i32::MIN,
+            send_time: i64::MIN,
+            create_time: i64::MIN,
+            status: i32::MIN,
+            at_user_id_list: vec!["u3".into(), "u4".into()],
+            offline_push_info: Some(OfflinePushInfo {
+                title: "title".into(),
+                i_os_badge_count: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        longest.options.insert("history".into(), false);
+        let (doc, _) = encode_at(&longest, i64::MIN);
+        assert!(
+            estimated_len(&longest) >= doc.len(),
+            "{} < {}",
+            estimated_len(&longest),
+            doc.len()
+        );
+        // ...and without wasting much on a small one.
+        let small = MsgData {
+            send_id: "u1".into(),
+            ..Default::default()
+        };
+        let (doc, _) = encode_at(&small, 1);
+        assert!(estimated_len(&small) >= doc.len());
+        assert!(
+            estimated_len(&small) - doc.len() < 192,
+            "{} vs {}",
+            estimated_len(&small),
+            doc.len()
+        );
+    }
 
     #[test]
     fn document_matches_go_encoding() {
