@@ -141,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let conv: ConvKey = items[0].0.clone();
-    let msgs: Vec<Box<SlotMsg>> = items.into_iter().map(|(_, m)| Box::new(m)).collect();
+    let msgs: Vec<Box<SlotMsg>> = items.into_iter().map(|(_, m)| m).collect();
 
     RT.with(|rt| rt.block_on(persist.process(conv.clone(), msgs)));
 

@@ -67,8 +67,11 @@ pub trait Handler: Send + Sync + 'static {
     /// One unit of work bound to one conversation.
     type Item: Send + 'static;
 
-    /// Splits a record into its items, or refuses it.
-    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, Self::Item)>, Rejection>;
+    /// Splits a record into its items, or refuses it. Each item comes in
+    /// the box it is queued and processed in (see [`Batch`]): built there
+    /// once, it is never copied again on its way to the batch.
+    #[allow(clippy::type_complexity, reason = "a list of (key, boxed item) pairs")]
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, Box<Self::Item>)>, Rejection>;
 
     /// Processes a batch of one conversation until every effect is
     /// acknowledged, retrying transient failures itself. Items arrive in
@@ -256,14 +259,14 @@ struct Loop<H: Handler> {
 }
 
 impl<H: Handler> Loop<H> {
-    fn enqueue(&mut self, conv: ConvKey, token: Token, now_us: u64, item: H::Item) {
+    fn enqueue(&mut self, conv: ConvKey, token: Token, now_us: u64, item: Box<H::Item>) {
         let c = self.convs.entry(conv.clone()).or_insert_with(|| Conv {
             queue: VecDeque::new(),
             running: false,
             waiting: false,
             full: false,
         });
-        c.queue.push_back((token, now_us, Box::new(item)));
+        c.queue.push_back((token, now_us, item));
         self.queued += 1;
         if !c.running {
             self.list(conv);

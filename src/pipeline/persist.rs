@@ -172,7 +172,7 @@ impl Persist {
 impl Handler for Persist {
     type Item = SlotMsg;
 
-    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, SlotMsg)>, Rejection> {
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, Box<SlotMsg>)>, Rejection> {
         Metrics::add(&self.deps.metrics.mongo_records_in, 1);
         self.limits
             .check_record(record.value.len(), &record.headers)?;
@@ -199,7 +199,7 @@ impl Handler for Persist {
         Ok(rec
             .msgs
             .into_iter()
-            .map(|(m, _)| (conv.clone(), m))
+            .map(|(m, _)| (conv.clone(), Box::new(m)))
             .collect())
     }
 

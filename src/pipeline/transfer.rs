@@ -625,7 +625,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> {
     type Item = TransferItem;
 
-    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, TransferItem)>, Rejection> {
+    fn decode(&self, record: &Record) -> Result<Vec<(ConvKey, Box<TransferItem>)>, Rejection> {
         Metrics::add(&self.deps.metrics.records_in, 1);
         // A message must fit, with its envelope, into the records we
         // produce and into what our persistence consumer accepts.
@@ -680,13 +680,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
             .into_iter()
             .map(|unit| {
                 let conv: ConvKey = Arc::from(unit.conversation_id.as_str());
-                let item = TransferItem {
+                let item = Box::new(TransferItem {
                     unit,
                     key: record.key.clone(),
                     ctx: ctx.clone(),
                     headers: headers.clone(),
                     receipt: receipt.take(),
-                };
+                });
                 (conv, item)
             })
             .collect())
