@@ -119,8 +119,9 @@ pub fn go_lossy_string(bytes: &[u8]) -> String {
 /// names, punctuation and the longest numbers.
 const FIXED_LEN: usize = 560;
 
-/// About the length of `msg`'s cache document (exact unless escaping
-/// lengthens a string), so it can be written into one allocation.
+/// An upper bound on the length of `msg`'s cache document, unless
+/// escaping lengthens one of its strings (numbers are counted at their
+/// longest), so it can be written into one allocation.
 fn estimated_len(msg: &MsgData) -> usize {
     let strings = [
         &msg.send_id,
