@@ -72,8 +72,9 @@ fuzz_target!(|input: Input| {
         assert_eq!(v, at(i).as_bytes());
     }
     assert_eq!(MsgContext::from_headers(&out), ctx);
-    assert_eq!(MsgContext::aggregate([&ctx]).operation_id, ctx.operation_id);
-    let agg = MsgContext::aggregate([&ctx, &ctx]);
+    let op = ctx.operation_id.as_str();
+    assert_eq!(MsgContext::aggregate([op]).operation_id, ctx.operation_id);
+    let agg = MsgContext::aggregate([op, op]);
     assert_eq!(agg.operation_id, format!("{0}${0}", ctx.operation_id));
     assert!(agg.op_user_id.is_empty() && agg.platform.is_empty() && agg.conn_id.is_empty());
 
@@ -98,7 +99,8 @@ fuzz_target!(|input: Input| {
     };
     assert_eq!(items.len(), 1);
     let item = &items[0].1;
-    assert_eq!(*item.ctx, ctx);
+    assert_eq!(item.context(), ctx);
+    assert_eq!(item.operation_id(), ctx.operation_id);
     if canonical {
         assert_eq!(
             &item.headers[..],

@@ -6,7 +6,8 @@
 //! ways, checks that whatever decoded re-encodes canonically and decodes to
 //! the same value, categorises the message and checks the categorisation
 //! rules, and runs the service's own `Handler::decode` on the record and
-//! checks it agrees: the same units in the same conversations, or a refusal
+//! checks it agrees: the same units in the same conversations (the message
+//! each item decodes to at batch time is the unit's), or a refusal
 //! exactly when the message does not decode, has no conversation, or is
 //! over the size limit. Stored units also go through the hand-written
 //! `toPush`/`toMongo` encoders, which must match prost byte for byte.
@@ -74,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
             let mut receipts = 0;
             for ((conv, item), unit) in items.iter().zip(&units) {
                 assert_eq!(&**conv, unit.conversation_id.as_str());
-                assert_eq!(&item.unit, unit);
+                // What waits for the batch makes the same unit again.
+                assert_eq!((item.stored, item.chat), (unit.stored, unit.chat));
+                assert_eq!(&item.message(), &unit.msg);
+                assert_eq!(&item.value[..], data);
                 assert_eq!(&item.key[..], key);
                 // No headers came in: the four positional ones go out, empty.
                 assert_eq!(item.headers.len(), 4);

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use super::conversation;
+use super::conversation::Parties;
 use super::options::{is_on, key};
 use crate::proto::MsgData;
 
@@ -43,60 +43,112 @@ pub enum CategoriseError {
     UnknownSessionType(i32),
 }
 
-/// Categorises one decoded message into its units, in processing order:
-/// the chat clone (if any) before the notification itself.
-pub fn categorise(msg: MsgData) -> Result<Vec<Unit>, CategoriseError> {
-    let chat_id = conversation::chat_conversation_id(&msg)
-        .ok_or(CategoriseError::UnknownSessionType(msg.session_type))?;
-    let is_notification = !is_on(&msg.options, key::NOT_NOTIFICATION);
-    if !is_notification {
-        let stored = is_on(&msg.options, key::HISTORY);
-        return Ok(vec![Unit {
+/// What a unit makes of the message it comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The message as it came.
+    Whole,
+    /// The `isSendMsg` copy of a notification in the chat conversation: its
+    /// options are only `offlinePush` and `unreadCount`, as the original had
+    /// them.
+    ChatCopy,
+    /// A notification that has a chat copy: `offlinePush` and `unreadCount`
+    /// are turned off.
+    NotificationWithCopy,
+}
+
+impl Role {
+    /// The message this unit carries, made from the message as it came.
+    pub fn apply(self, mut msg: MsgData) -> MsgData {
+        match self {
+            Role::Whole => {}
+            Role::ChatCopy => {
+                // A notification always has an options map (it carries
+                // isNotNotification=false), so the copy's map is replaced,
+                // not kept.
+                let mut options = BTreeMap::new();
+                for k in [key::OFFLINE_PUSH, key::UNREAD_COUNT] {
+                    options.insert(k.to_string(), is_on(&msg.options, k));
+                }
+                msg.options = options;
+            }
+            Role::NotificationWithCopy => {
+                msg.options.insert(key::OFFLINE_PUSH.to_string(), false);
+                msg.options.insert(key::UNREAD_COUNT.to_string(), false);
+            }
+        }
+        msg
+    }
+}
+
+/// A unit before its message is made: where it goes and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// See [`Unit::conversation_id`].
+    pub conversation_id: String,
+    /// How the unit's message is made from the original.
+    pub role: Role,
+    /// See [`Unit::stored`].
+    pub stored: bool,
+    /// See [`Unit::chat`].
+    pub chat: bool,
+}
+
+/// Plans the units of a message from its parties and its `options` (given
+/// as a lookup: `None` for an absent key), in processing order: the chat
+/// copy (if any) before the notification itself. The plan reads only what
+/// the original message says; [`Role::apply`] makes each unit's message.
+pub fn plan(
+    parties: Parties<'_>,
+    option: impl Fn(&str) -> Option<bool>,
+) -> Result<Vec<Plan>, CategoriseError> {
+    let on = |k: &str| option(k).unwrap_or(true);
+    let unknown = || CategoriseError::UnknownSessionType(parties.session_type);
+    let chat_id = parties.chat_conversation_id().ok_or_else(unknown)?;
+    if on(key::NOT_NOTIFICATION) {
+        return Ok(vec![Plan {
             conversation_id: chat_id,
-            msg,
-            stored,
+            role: Role::Whole,
+            stored: on(key::HISTORY),
             chat: true,
         }]);
     }
-
-    let notification_id = conversation::notification_conversation_id(&msg)
-        .ok_or(CategoriseError::UnknownSessionType(msg.session_type))?;
-    let mut original = msg;
-    let mut units = Vec::with_capacity(2);
-    if is_on(&original.options, key::SEND_MSG) {
-        let mut clone = original.clone();
-        // A notification always has an options map (it carries
-        // isNotNotification=false), so the clone's map is replaced, not kept.
-        let mut clone_options = BTreeMap::new();
-        clone_options.insert(
-            key::OFFLINE_PUSH.to_string(),
-            is_on(&original.options, key::OFFLINE_PUSH),
-        );
-        clone_options.insert(
-            key::UNREAD_COUNT.to_string(),
-            is_on(&original.options, key::UNREAD_COUNT),
-        );
-        clone.options = clone_options;
-        original
-            .options
-            .insert(key::OFFLINE_PUSH.to_string(), false);
-        original
-            .options
-            .insert(key::UNREAD_COUNT.to_string(), false);
-        units.push(Unit {
+    let notification_id = parties.notification_conversation_id().ok_or_else(unknown)?;
+    let mut plans = Vec::with_capacity(2);
+    let mut role = Role::Whole;
+    if on(key::SEND_MSG) {
+        plans.push(Plan {
             conversation_id: chat_id,
-            msg: clone,
+            role: Role::ChatCopy,
             stored: true,
             chat: true,
         });
+        role = Role::NotificationWithCopy;
     }
-    let stored = is_on(&original.options, key::HISTORY);
-    units.push(Unit {
+    plans.push(Plan {
         conversation_id: notification_id,
-        msg: original,
-        stored,
+        role,
+        // Neither key the copy turns off decides storage.
+        stored: on(key::HISTORY),
         chat: false,
     });
+    Ok(plans)
+}
+
+/// Categorises one decoded message into its units, in processing order:
+/// the chat copy (if any) before the notification itself.
+pub fn categorise(msg: MsgData) -> Result<Vec<Unit>, CategoriseError> {
+    let mut plans = plan(Parties::of(&msg), |k| msg.options.get(k).copied())?;
+    let unit = |p: Plan, original: MsgData| Unit {
+        conversation_id: p.conversation_id,
+        msg: p.role.apply(original),
+        stored: p.stored,
+        chat: p.chat,
+    };
+    // Every plan has at least one unit; the last one takes the message.
+    let last = plans.pop().expect("a plan has at least one unit");
+    let mut units: Vec<Unit> = plans.into_iter().map(|p| unit(p, msg.clone())).collect();
+    units.push(unit(last, msg));
     Ok(units)
 }
 

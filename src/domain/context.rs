@@ -59,13 +59,10 @@ impl MsgContext {
     }
 
     /// The context of a record aggregating several messages (a `toMongo`
-    /// record): their operation IDs joined with `$`, nothing else, as OpenIM
-    /// does for a key-batch.
-    pub fn aggregate<'a>(contexts: impl IntoIterator<Item = &'a MsgContext>) -> Self {
-        let ids: Vec<&str> = contexts
-            .into_iter()
-            .map(|c| c.operation_id.as_str())
-            .collect();
+    /// record), given their operation IDs: the IDs joined with `$`, nothing
+    /// else, as OpenIM does for a key-batch.
+    pub fn aggregate<'a>(operation_ids: impl IntoIterator<Item = &'a str>) -> Self {
+        let ids: Vec<&str> = operation_ids.into_iter().collect();
         Self {
             operation_id: ids.join("$"),
             ..Default::default()
@@ -107,7 +104,7 @@ mod tests {
             operation_id: "b".into(),
             ..Default::default()
         };
-        let agg = MsgContext::aggregate([&a, &b]);
+        let agg = MsgContext::aggregate([a.operation_id.as_str(), &b.operation_id]);
         assert_eq!(agg.operation_id, "a$b");
         assert_eq!(agg.op_user_id, "");
     }

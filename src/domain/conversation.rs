@@ -30,27 +30,67 @@ pub fn kafka_key(msg: &MsgData) -> Option<String> {
     }
 }
 
+/// Who a message is between: what its conversation IDs are computed from.
+/// Borrowed from a decoded message ([`Parties::of`]) or straight from its
+/// bytes (see [`scan`](crate::proto::scan::scan)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parties<'a> {
+    /// `sessionType`.
+    pub session_type: i32,
+    /// `sendID`.
+    pub send_id: &'a str,
+    /// `recvID`.
+    pub recv_id: &'a str,
+    /// `groupID`.
+    pub group_id: &'a str,
+}
+
+impl<'a> Parties<'a> {
+    /// The parties of a decoded message.
+    pub fn of(msg: &'a MsgData) -> Self {
+        Self {
+            session_type: msg.session_type,
+            send_id: &msg.send_id,
+            recv_id: &msg.recv_id,
+            group_id: &msg.group_id,
+        }
+    }
+
+    /// The chat conversation, or `None` for an unknown session type.
+    pub fn chat_conversation_id(&self) -> Option<String> {
+        match self.session_type {
+            session::SINGLE => Some(format!("si_{}", sorted_pair(self.send_id, self.recv_id))),
+            session::WRITE_GROUP => Some(format!("g_{}", self.group_id)),
+            session::READ_GROUP => Some(format!("sg_{}", self.group_id)),
+            session::NOTIFICATION => {
+                Some(format!("sn_{}", sorted_pair(self.send_id, self.recv_id)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The notification conversation, or `None` for an unknown session
+    /// type.
+    pub fn notification_conversation_id(&self) -> Option<String> {
+        match self.session_type {
+            session::SINGLE | session::NOTIFICATION => {
+                Some(format!("n_{}", sorted_pair(self.send_id, self.recv_id)))
+            }
+            session::WRITE_GROUP | session::READ_GROUP => Some(format!("n_{}", self.group_id)),
+            _ => None,
+        }
+    }
+}
+
 /// The chat conversation of `msg`, or `None` for an unknown session type.
 pub fn chat_conversation_id(msg: &MsgData) -> Option<String> {
-    match msg.session_type {
-        session::SINGLE => Some(format!("si_{}", sorted_pair(&msg.send_id, &msg.recv_id))),
-        session::WRITE_GROUP => Some(format!("g_{}", msg.group_id)),
-        session::READ_GROUP => Some(format!("sg_{}", msg.group_id)),
-        session::NOTIFICATION => Some(format!("sn_{}", sorted_pair(&msg.send_id, &msg.recv_id))),
-        _ => None,
-    }
+    Parties::of(msg).chat_conversation_id()
 }
 
 /// The notification conversation of `msg`, or `None` for an unknown session
 /// type.
 pub fn notification_conversation_id(msg: &MsgData) -> Option<String> {
-    match msg.session_type {
-        session::SINGLE | session::NOTIFICATION => {
-            Some(format!("n_{}", sorted_pair(&msg.send_id, &msg.recv_id)))
-        }
-        session::WRITE_GROUP | session::READ_GROUP => Some(format!("n_{}", msg.group_id)),
-        _ => None,
-    }
+    Parties::of(msg).notification_conversation_id()
 }
 
 /// Whether a conversation is a group conversation, which decides the size

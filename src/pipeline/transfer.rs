@@ -1,9 +1,11 @@
 //! The `toRedis` handler: from a chat message to seq, cache, push and
 //! persistence records.
 //!
-//! Per record ([`Handler::decode`]): decode `MsgData`, read a receipt's
-//! content, categorise into units (one per conversation). A record that does
-//! not decode or has no conversation is refused whole (dead-letter topic).
+//! Per record ([`Handler::decode`]): check the `MsgData` without building
+//! it ([`scan`]), read a receipt's content, plan its units (one per
+//! conversation). A record that does not decode or has no conversation is
+//! refused whole (dead-letter topic). A unit waits for its batch as the
+//! record's bytes; the message is decoded when the batch runs.
 //!
 //! Per conversation batch ([`Handler::process`]), in this order, each step
 //! acknowledged before the next:
@@ -37,8 +39,9 @@ use rustc_hash::FxHashMap;
 use super::consumer::{Batch, ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::cache::{self, AssignItem, CacheConfig};
-use crate::domain::categorise::{Unit, categorise};
+use crate::domain::categorise::{Role, plan};
 use crate::domain::context::{HEADER_KEYS, Header, MsgContext};
+use crate::domain::conversation::Parties;
 use crate::domain::limits::Limits;
 use crate::domain::receipt::{self, ReadReceipt};
 use crate::domain::{cache_json, content};
@@ -48,6 +51,7 @@ use crate::ports::{
     SharedClock,
 };
 use crate::proto::MsgData;
+use crate::proto::scan::scan;
 
 /// Appends an embedded-message field (`tag` = `field`, length-delimited)
 /// whose payload is the already encoded message `body`.
@@ -191,20 +195,59 @@ impl Default for TransferConfig {
     }
 }
 
-/// One message bound for one conversation, with what it came with.
+/// One message bound for one conversation, as it waits for its batch.
+///
+/// It holds the record's bytes (shared with the record) and what the
+/// categorisation decided, not the decoded message: the read-ahead can hold
+/// hundreds of thousands of items, and a decoded `MsgData` with its strings
+/// and options map is several times the size of its encoding. The batch
+/// decodes it ([`TransferItem::message`]) right before using it.
 #[derive(Debug)]
 pub struct TransferItem {
-    /// The categorised message.
-    pub unit: Unit,
+    /// The record's value: an encoded `sdkws.MsgData` that [`scan`]
+    /// accepted, so it decodes.
+    pub value: Bytes,
+    /// How this unit's message is made from the record's.
+    pub role: Role,
+    /// Whether the message gets a seq, a cache entry and a Mongo slot.
+    pub stored: bool,
+    /// Whether the conversation is a chat one (not `n_…`): only those update
+    /// the sender's read seq and announce new conversations.
+    pub chat: bool,
     /// The input record's key, reused for the records we produce.
     pub key: Bytes,
-    /// The input record's context (positional headers).
-    pub ctx: Arc<MsgContext>,
-    /// The four positional headers of `ctx`, as produced on `toPush`.
+    /// The four positional headers of the record's context, as produced on
+    /// `toPush`.
     pub headers: Arc<[Header]>,
     /// The read receipt this message carries, if it is one (attached to the
     /// first unit of the record only).
-    pub receipt: Option<ReadReceipt>,
+    pub receipt: Option<Box<ReadReceipt>>,
+}
+
+impl TransferItem {
+    /// This unit's message, decoded from the record and made by its role
+    /// (its `seq` is still the one it came with).
+    pub fn message(&self) -> MsgData {
+        // `scan` accepts exactly what decoding accepts (tested against prost
+        // in `proto::scan` and by the `to_redis` fuzz target), and `decode`
+        // refused every value `scan` did not accept.
+        let msg = MsgData::decode(self.value.as_ref())
+            .expect("a value accepted by scan decodes as MsgData");
+        self.role.apply(msg)
+    }
+
+    /// The record's context, from its positional headers.
+    pub fn context(&self) -> MsgContext {
+        MsgContext::from_headers(&self.headers)
+    }
+
+    /// The record's operation ID (its first positional header).
+    pub fn operation_id(&self) -> std::borrow::Cow<'_, str> {
+        self.headers
+            .first()
+            .map(|(_, v)| String::from_utf8_lossy(v))
+            .unwrap_or_default()
+    }
 }
 
 /// The backends the transfer stage talks to.
@@ -283,13 +326,13 @@ struct Prepared {
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
     /// `first` is the seq the first stored message is predicted to get; the
     /// others follow it in order.
-    fn prepare(items: &[Box<TransferItem>], first: i64) -> Prepared {
-        let stored: Vec<usize> = (0..items.len()).filter(|i| items[*i].unit.stored).collect();
+    fn prepare(items: &[Box<TransferItem>], msgs: &[MsgData], first: i64) -> Prepared {
+        let stored: Vec<usize> = (0..items.len()).filter(|i| items[*i].stored).collect();
         let json = stored
             .iter()
             .zip(first..)
             .map(|(i, predicted)| {
-                let (json, at) = cache_json::encode_at(&items[*i].unit.msg, predicted);
+                let (json, at) = cache_json::encode_at(&msgs[*i], predicted);
                 (json, at, predicted)
             })
             .collect();
@@ -353,8 +396,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let _ = self.run_batch(conv, items).await;
     }
 
-    async fn run_batch(&self, conv: ConvKey, mut items: Batch<TransferItem>) -> Option<()> {
-        let prep = Self::prepare(&items, self.predict(&conv));
+    async fn run_batch(&self, conv: ConvKey, items: Batch<TransferItem>) -> Option<()> {
+        // The batch's messages, decoded now that they are needed; their
+        // seqs are filled in as the assign script hands them out.
+        let mut msgs: Vec<MsgData> = items.iter().map(|it| it.message()).collect();
+        let prep = Self::prepare(&items, &msgs, self.predict(&conv));
         let d = &self.deps;
         let m = &d.metrics;
         let cache_cfg = &self.cfg.cache;
@@ -376,14 +422,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
 
         // Seqs, cache and Redis read seqs, one script call per chunk. A
         // retry after an unknown outcome gets the same seqs back (dedup).
-        let chat = items.first().is_some_and(|it| it.unit.chat);
+        let chat = items.first().is_some_and(|it| it.chat);
         let chunk = self.cfg.assign_chunk.max(1);
         for (chunk_idx, json_chunk) in prep.stored.chunks(chunk).zip(prep.json.chunks(chunk)) {
             let assign_items: Vec<AssignItem<'_>> = chunk_idx
                 .iter()
                 .zip(json_chunk)
                 .map(|(i, (json, seq_at, predicted))| {
-                    let msg = &items[*i].unit.msg;
+                    let msg = &msgs[*i];
                     AssignItem {
                         // An empty ID is never looked up or recorded.
                         client_msg_id: if weak.no_dedup {
@@ -434,7 +480,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 self.saw(&conv, last);
             }
             for (i, seq) in chunk_idx.iter().zip(&assigned.seqs) {
-                items[*i].unit.msg.seq = *seq;
+                msgs[*i].seq = *seq;
             }
             let hits = assigned.hits.iter().filter(|h| **h).count() as u64;
             Metrics::add(&m.msgs_stored, chunk_idx.len() as u64);
@@ -443,18 +489,18 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         }
 
         if chat {
-            if let Some(first) = items
+            if let Some((first, msg)) = items
                 .iter()
-                .find(|it| it.unit.stored && it.unit.msg.seq == 1)
+                .zip(&msgs)
+                .find(|(it, msg)| it.stored && msg.seq == 1)
             {
-                let msg = &first.unit.msg;
                 let announce = NewConversation {
                     conversation_id: conv.to_string(),
                     session_type: msg.session_type,
                     send_id: msg.send_id.clone(),
                     recv_id: msg.recv_id.clone(),
                     group_id: msg.group_id.clone(),
-                    operation_id: first.ctx.operation_id.clone(),
+                    operation_id: first.operation_id().into_owned(),
                 };
                 self.until_ok("new conversation", &conv, None, || {
                     d.hook.created(announce.clone())
@@ -463,9 +509,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 Metrics::add(&m.conversations_created, 1);
             }
             let mut top: BTreeMap<&str, i64> = BTreeMap::new();
-            for it in items.iter().filter(|it| it.unit.stored) {
-                let e = top.entry(it.unit.msg.send_id.as_str()).or_insert(0);
-                *e = (*e).max(it.unit.msg.seq);
+            for (_, msg) in items.iter().zip(&msgs).filter(|(it, _)| it.stored) {
+                let e = top.entry(msg.send_id.as_str()).or_insert(0);
+                *e = (*e).max(msg.seq);
             }
             for (user, seq) in top {
                 self.until_ok(
@@ -482,15 +528,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         let mut seen = std::collections::BTreeSet::new();
         let forward: Vec<bool> = items
             .iter()
-            .map(|it| !it.unit.stored || seen.insert(it.unit.msg.seq))
+            .zip(&msgs)
+            .map(|(it, msg)| !it.stored || seen.insert(msg.seq))
             .collect();
         // Each forwarded message is encoded once, for both of its records.
-        let encoded: Vec<Option<Vec<u8>>> = items
+        let encoded: Vec<Option<Vec<u8>>> = msgs
             .iter()
             .zip(&forward)
-            .map(|(it, fwd)| fwd.then(|| it.unit.msg.encode_to_vec()))
+            .map(|(msg, fwd)| fwd.then(|| msg.encode_to_vec()))
             .collect();
-        let mut records = self.mongo_records(&conv, &items, &encoded);
+        let mut records = self.mongo_records(&conv, &items, &msgs, &encoded);
+        drop(msgs);
         let mongo_records = records.len();
         // The batch's `toPush` values are consecutive slices of one buffer:
         // one allocation per batch instead of two per message (the value
@@ -570,6 +618,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
         &self,
         conv: &str,
         items: &[Box<TransferItem>],
+        msgs: &[MsgData],
         encoded: &[Option<Vec<u8>>],
     ) -> Vec<OutRecord> {
         let limit = self
@@ -579,18 +628,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .saturating_sub(self.cfg.envelope_margin_bytes)
             .max(1);
         let mut out = Vec::new();
-        let mut run: Vec<(&TransferItem, &[u8])> = Vec::new();
+        // The run: per message its item, seq and encoding.
+        let mut run: Vec<(&TransferItem, i64, &[u8])> = Vec::new();
         let mut run_bytes = 0usize;
-        let flush = |run: &mut Vec<(&TransferItem, &[u8])>, out: &mut Vec<OutRecord>| {
-            let Some((first, _)) = run.first() else {
+        let flush = |run: &mut Vec<(&TransferItem, i64, &[u8])>, out: &mut Vec<OutRecord>| {
+            let Some((first, first_seq, _)) = run.first() else {
                 return;
             };
-            let ctx = MsgContext::aggregate(run.iter().map(|(it, _)| it.ctx.as_ref()));
-            let value = encode_mongo_record(
-                first.unit.msg.seq - 1,
-                conv,
-                run.iter().map(|(_, body)| *body),
-            );
+            let ops: Vec<_> = run.iter().map(|(it, _, _)| it.operation_id()).collect();
+            let ctx = MsgContext::aggregate(ops.iter().map(|op| op.as_ref()));
+            let value =
+                encode_mongo_record(first_seq - 1, conv, run.iter().map(|(_, _, body)| *body));
             out.push(OutRecord {
                 topic: self.cfg.topics.to_mongo.clone(),
                 key: first.key.clone(),
@@ -599,14 +647,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             });
             run.clear();
         };
-        for (it, body) in items.iter().zip(encoded) {
-            let Some(body) = body.as_deref().filter(|_| it.unit.stored) else {
+        for ((it, msg), body) in items.iter().zip(msgs).zip(encoded) {
+            let Some(body) = body.as_deref().filter(|_| it.stored) else {
                 continue;
             };
-            let size = body.len() + 8 + it.ctx.operation_id.len() + 1;
-            let contiguous = run
-                .last()
-                .is_some_and(|(prev, _)| prev.unit.msg.seq + 1 == it.unit.msg.seq);
+            let size = body.len() + 8 + it.operation_id().len() + 1;
+            let contiguous = run.last().is_some_and(|(_, prev, _)| prev + 1 == msg.seq);
             // Within our own persistence consumer's limits too.
             let full = run.len() >= self.cfg.limits.messages_per_record
                 || run_bytes + size > limit.min(self.cfg.limits.record_bytes);
@@ -614,7 +660,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 flush(&mut run, &mut out);
                 run_bytes = 0;
             }
-            run.push((it, body));
+            run.push((it, msg.seq, body));
             run_bytes += size;
         }
         flush(&mut run, &mut out);
@@ -646,14 +692,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
         }
         // The value's size was checked just above, against a stricter bound.
         self.cfg.limits.check_headers(&record.headers)?;
-        let msg = MsgData::decode(record.value.as_ref())
+        let msg = scan(record.value.as_ref())
             .map_err(|e| Rejection(format!("value is not an sdkws.MsgData: {e}")))?;
-        self.cfg.limits.check_msg(&msg)?;
+        self.cfg.limits.check_sizes(&msg.sizes, msg.client_msg_id)?;
         Metrics::add(&self.deps.metrics.msgs_in, 1);
         let mut receipt = None;
         if msg.content_type == content::HAS_READ_RECEIPT {
-            match receipt::parse(&msg.content) {
-                Ok(r) => receipt = r,
+            match receipt::parse(msg.content) {
+                Ok(r) => receipt = r.map(Box::new),
                 // OpenIM stores such a message and only skips the read seq.
                 Err(e) => tracing::warn!(
                     partition = record.partition, offset = record.offset, error = %e,
@@ -661,8 +707,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
                 ),
             }
         }
-        let units = categorise(msg).map_err(|e| Rejection(e.to_string()))?;
-        let ctx = Arc::new(MsgContext::from_headers(&record.headers));
+        let parties = Parties {
+            session_type: msg.session_type,
+            send_id: msg.send_id,
+            recv_id: msg.recv_id,
+            group_id: msg.group_id,
+        };
+        let plans = plan(parties, |k| msg.option(k)).map_err(|e| Rejection(e.to_string()))?;
         // OpenIM's producers always write exactly the four headers in order;
         // then we forward them as they are, else we write them afresh.
         let canonical = record.headers.len() == HEADER_KEYS.len()
@@ -674,16 +725,20 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Handler for Transfer<C> 
         let headers: Arc<[Header]> = if canonical {
             record.headers.clone()
         } else {
-            ctx.to_headers().into()
+            MsgContext::from_headers(&record.headers)
+                .to_headers()
+                .into()
         };
-        Ok(units
+        Ok(plans
             .into_iter()
-            .map(|unit| {
-                let conv: ConvKey = Arc::from(unit.conversation_id.as_str());
+            .map(|p| {
+                let conv: ConvKey = Arc::from(p.conversation_id.as_str());
                 let item = Box::new(TransferItem {
-                    unit,
+                    value: record.value.clone(),
+                    role: p.role,
+                    stored: p.stored,
+                    chat: p.chat,
                     key: record.key.clone(),
-                    ctx: ctx.clone(),
                     headers: headers.clone(),
                     receipt: receipt.take(),
                 });

@@ -105,6 +105,21 @@ impl MsgSizes {
 /// What [`scan`] reads from a message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsgScan<'a> {
+    /// `sendID`.
+    pub send_id: &'a str,
+    /// `recvID`.
+    pub recv_id: &'a str,
+    /// `groupID`.
+    pub group_id: &'a str,
+    /// `sessionType`.
+    pub session_type: i32,
+    /// `contentType`.
+    pub content_type: i32,
+    /// `content`.
+    pub content: &'a [u8],
+    /// `options` entries in the order they came, a key given twice included
+    /// twice (see [`MsgScan::option`]).
+    pub options: Vec<(&'a str, bool)>,
     /// `clientMsgID`.
     pub client_msg_id: &'a str,
     /// Where `client_msg_id` starts in the scanned bytes (0 when absent).
@@ -117,13 +132,39 @@ pub struct MsgScan<'a> {
     pub sizes: MsgSizes,
 }
 
+impl MsgScan<'_> {
+    /// The value the decoded message's `options` map holds for `key`: the
+    /// last entry with that key wins, as it does when prost fills the map.
+    pub fn option(&self, key: &str) -> Option<bool> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+
+    /// How many distinct keys `options` has.
+    fn distinct_options(&self) -> usize {
+        let keys = &self.options;
+        if keys.len() <= 16 {
+            // Count each key at its last occurrence; no allocation.
+            (0..keys.len())
+                .filter(|i| !keys[i + 1..].iter().any(|(k, _)| *k == keys[*i].0))
+                .count()
+        } else {
+            let mut sorted: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            sorted.len()
+        }
+    }
+}
+
 /// Reads `bytes` as an `sdkws.MsgData`; fails exactly when
 /// `MsgData::decode(bytes)` fails.
 pub fn scan(bytes: &[u8]) -> Result<MsgScan<'_>, ScanError> {
     let mut buf = bytes;
     let mut out = MsgScan::default();
-    // `options` keys, to count the distinct ones at the end.
-    let mut keys: Vec<&[u8]> = Vec::new();
     while buf.has_remaining() {
         let (tag, wt) = decode_key(&mut buf)?;
         match tag {
@@ -134,12 +175,21 @@ pub fn scan(bytes: &[u8]) -> Result<MsgScan<'_>, ScanError> {
                     _ => tag as usize - 1,
                 };
                 out.sizes.ids[i] = s.len();
-                if tag == 4 {
-                    out.client_msg_id = s;
-                    out.client_msg_id_at = bytes.len() - buf.len() - s.len();
+                match tag {
+                    1 => out.send_id = s,
+                    2 => out.recv_id = s,
+                    3 => out.group_id = s,
+                    4 => {
+                        out.client_msg_id = s;
+                        out.client_msg_id_at = bytes.len() - buf.len() - s.len();
+                    }
+                    _ => {}
                 }
             }
-            12 => out.sizes.payloads[0] = delimited(tag, wt, &mut buf)?.len(),
+            12 => {
+                out.content = delimited(tag, wt, &mut buf)?;
+                out.sizes.payloads[0] = out.content.len();
+            }
             22 => out.sizes.payloads[1] = string(tag, wt, &mut buf)?.len(),
             23 => out.sizes.payloads[2] = string(tag, wt, &mut buf)?.len(),
             21 => {
@@ -149,25 +199,28 @@ pub fn scan(bytes: &[u8]) -> Result<MsgScan<'_>, ScanError> {
             }
             14 => out.seq = varint(tag, wt, &mut buf)? as i64,
             15 => out.send_time = varint(tag, wt, &mut buf)? as i64,
-            6 | 9 | 10 | 11 | 16 | 17 | 18 => {
+            // int32 fields take the low 32 bits, as prost does.
+            9 => out.session_type = varint(tag, wt, &mut buf)? as i32,
+            11 => out.content_type = varint(tag, wt, &mut buf)? as i32,
+            6 | 10 | 16 | 17 | 18 => {
                 varint(tag, wt, &mut buf)?;
             }
             19 => {
                 expect(tag, wt, WireType::LengthDelimited)?;
-                let key = nested(&mut buf, RECURSION_LIMIT, |tag, wt, buf, depth| {
+                // A missing key is the empty one, a missing value false;
+                // a part given twice keeps its last value.
+                let (mut key, mut value) = ("", false);
+                nested(&mut buf, RECURSION_LIMIT, |tag, wt, buf, depth| {
                     match tag {
-                        1 => return string(tag, wt, buf).map(|s| Some(s.as_bytes())),
-                        2 => {
-                            varint(tag, wt, buf)?;
-                        }
+                        1 => key = string(tag, wt, buf)?,
+                        // A bool is any varint, true unless zero.
+                        2 => value = varint(tag, wt, buf)? != 0,
                         _ => skip(wt, tag, buf, depth)?,
                     }
-                    Ok(None)
+                    Ok(None::<()>)
                 })?;
-                // A missing key is the empty one.
-                let key = key.unwrap_or_default();
                 out.sizes.longest_option_key = out.sizes.longest_option_key.max(key.len());
-                keys.push(key);
+                out.options.push((key, value));
             }
             20 => {
                 expect(tag, wt, WireType::LengthDelimited)?;
@@ -196,9 +249,7 @@ pub fn scan(bytes: &[u8]) -> Result<MsgScan<'_>, ScanError> {
             _ => skip(wt, tag, &mut buf, RECURSION_LIMIT)?,
         }
     }
-    keys.sort_unstable();
-    keys.dedup();
-    out.sizes.options = keys.len();
+    out.sizes.options = out.distinct_options();
     Ok(out)
 }
 
@@ -358,7 +409,23 @@ mod tests {
             );
             prop_assert_eq!(s.seq, m.seq);
             prop_assert_eq!(s.send_time, m.send_time);
-            prop_assert_eq!(s.sizes, MsgSizes::of(&m));
+            prop_assert_eq!(&s.sizes, &MsgSizes::of(&m));
+            prop_assert_eq!(
+                (s.send_id, s.recv_id, s.group_id),
+                (m.send_id.as_str(), m.recv_id.as_str(), m.group_id.as_str())
+            );
+            prop_assert_eq!(
+                (s.session_type, s.content_type),
+                (m.session_type, m.content_type)
+            );
+            prop_assert_eq!(s.content, m.content.as_slice());
+            for k in m.options.keys() {
+                prop_assert_eq!(s.option(k), m.options.get(k).copied());
+            }
+            // Only keys the map holds are found.
+            for (k, _) in &s.options {
+                prop_assert!(m.options.contains_key(*k));
+            }
         }
         Ok(())
     }
@@ -375,6 +442,13 @@ mod tests {
         assert_eq!((s.sizes.options, s.sizes.longest_option_key), (2, 11));
         assert_eq!((s.sizes.at_users, s.sizes.longest_at_user), (2, 4));
         assert_eq!(s.sizes.push, Some([1, 2, 4, 3, 3]));
+        assert_eq!((s.send_id, s.recv_id, s.group_id), ("u1", "u22", "g333"));
+        assert_eq!((s.session_type, s.content_type), (3, 101));
+        assert_eq!(s.content, b"{\"content\":\"hi\"}");
+        for (k, v) in &m.options {
+            assert_eq!(s.option(k), Some(*v));
+        }
+        assert_eq!(s.option("absent"), None);
         assert_eq!(scan(&[]).unwrap(), MsgScan::default());
     }
 
@@ -393,6 +467,7 @@ mod tests {
         bytes.extend(again.encode_to_vec());
         let s = scan(&bytes).unwrap();
         assert_eq!(s.sizes.options, 2);
+        assert_eq!(s.option("history"), Some(false), "the later entry wins");
         assert_eq!(s.sizes.push, Some([12, 2, 4, 3, 3]));
         assert_eq!(s.client_msg_id, "z");
         let first = full().encode_to_vec().len();
@@ -486,6 +561,9 @@ mod tests {
                 content,
                 seq,
                 send_time: seq.wrapping_mul(3),
+                // Negative values too: ten-byte varints cut to 32 bits.
+                session_type: (seq >> 32) as i32,
+                content_type: seq as i32,
                 options: keys.iter().map(|k| (k.clone(), k.len() % 2 == 0)).collect(),
                 at_user_id_list: users,
                 offline_push_info: push.then(|| OfflinePushInfo {
