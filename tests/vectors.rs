@@ -275,3 +275,62 @@ fn mongo_vector_crosses_a_bucket_boundary() {
         [("sg_g42:0".to_string(), 99), ("sg_g42:1".to_string(), 0)]
     );
 }
+
+/// The transfer stage reads a `toRedis` record without decoding it and
+/// decodes each unit's message when its batch runs; on every `MsgData`
+/// vector that must come to the units `categorise` makes of the decoded
+/// message, in the same conversations and order.
+#[test]
+fn the_transfer_stage_makes_the_units_categorise_makes() {
+    use std::sync::Arc;
+
+    use msgtransfer::embedded::hook::EmbeddedHook;
+    use msgtransfer::embedded::log::EmbeddedLog;
+    use msgtransfer::embedded::redis::{EmbeddedRedis, shared_engine};
+    use msgtransfer::embedded::store::EmbeddedStore;
+    use msgtransfer::metrics::Metrics;
+    use msgtransfer::pipeline::consumer::Handler;
+    use msgtransfer::pipeline::transfer::{Transfer, TransferConfig, TransferDeps};
+    use msgtransfer::ports::clock::ManualClock;
+    use msgtransfer::ports::{Record, SeededRng, SharedClock};
+
+    let clock: SharedClock = Arc::new(ManualClock::new(1_764_000_000_000));
+    let log = EmbeddedLog::new(1, 1 << 20, clock.clone());
+    let transfer = Transfer::new(
+        TransferDeps {
+            redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
+            store: Arc::new(EmbeddedStore::new()),
+            producer: Arc::new(log.producer()),
+            hook: Arc::new(EmbeddedHook::default()),
+            clock,
+            rng: Arc::new(SeededRng::new(1)),
+            metrics: Arc::new(Metrics::default()),
+        },
+        TransferConfig::default(),
+    );
+    let mut checked = 0;
+    for case in cases().iter().filter(|c| c.ty == "openim.sdkws.MsgData") {
+        let bytes = bytes_of(case);
+        let record = Record {
+            topic: Arc::from("toRedis"),
+            partition: 0,
+            offset: 0,
+            key: bytes::Bytes::from_static(b"k"),
+            value: bytes::Bytes::from(bytes.clone()),
+            headers: Vec::new().into(),
+            timestamp_ms: 0,
+        };
+        let units = categorise::categorise(MsgData::decode(bytes.as_slice()).unwrap()).unwrap();
+        let items = transfer.decode(&record).unwrap();
+        assert_eq!(items.len(), units.len(), "{}", case.file);
+        for ((conv, item), unit) in items.iter().zip(&units) {
+            assert_eq!(&**conv, unit.conversation_id, "{}", case.file);
+            assert_eq!((item.stored, item.chat), (unit.stored, unit.chat));
+            assert_eq!(item.message(), unit.msg, "{}", case.file);
+        }
+        checked += units.len();
+    }
+    // The single, group, typing, receipt and isSendMsg notification vectors
+    // at least (the notification makes two units).
+    assert!(checked >= 6, "only {checked} units checked");
+}

@@ -53,9 +53,10 @@ impl From<crate::domain::limits::OverLimit> for Rejection {
 pub type ConvKey = Arc<str>;
 
 /// A batch of one conversation's items. They stay in the boxes they were
-/// queued in: an item is large (a decoded message, hundreds of bytes), and
-/// moving each out of its box into a batch vector was a measurable share of
-/// the loop's copying and fresh memory.
+/// queued in: items are a hundred bytes and more (a decoded message, when
+/// the transfer items still held one, was over 600), and moving each out of
+/// its box into a batch vector was a measurable share of the loop's copying
+/// and fresh memory.
 #[allow(
     clippy::vec_box,
     reason = "the boxes are the queue's, handed over as they are"
@@ -218,9 +219,10 @@ async fn produce_until_acked(deps: &LoopDeps, rec: OutRecord, backoff: &Backoff)
 /// The queue and state of one conversation.
 struct Conv<I> {
     /// Waiting items with the time each arrived (µs, monotonic). Items are
-    /// boxed: they are large (a decoded message), and a queue that grows by
+    /// boxed: they are a hundred bytes and more, and a queue that grows by
     /// doubling would otherwise copy them around and fault in fresh memory
-    /// on every growth (measured as the largest cost of the loop).
+    /// on every growth (measured as the largest cost of the loop when the
+    /// items held decoded messages).
     queue: VecDeque<(Token, u64, Box<I>)>,
     /// A batch of this conversation is running.
     running: bool,
