@@ -284,30 +284,14 @@ fn mongo_vector_crosses_a_bucket_boundary() {
 fn the_transfer_stage_makes_the_units_categorise_makes() {
     use std::sync::Arc;
 
-    use msgtransfer::embedded::hook::EmbeddedHook;
-    use msgtransfer::embedded::log::EmbeddedLog;
-    use msgtransfer::embedded::redis::{EmbeddedRedis, shared_engine};
-    use msgtransfer::embedded::store::EmbeddedStore;
-    use msgtransfer::metrics::Metrics;
     use msgtransfer::pipeline::consumer::Handler;
-    use msgtransfer::pipeline::transfer::{Transfer, TransferConfig, TransferDeps};
+    use msgtransfer::pipeline::transfer::{Transfer, TransferConfig};
+    use msgtransfer::ports::Record;
     use msgtransfer::ports::clock::ManualClock;
-    use msgtransfer::ports::{Record, SeededRng, SharedClock};
 
-    let clock: SharedClock = Arc::new(ManualClock::new(1_764_000_000_000));
-    let log = EmbeddedLog::new(1, 1 << 20, clock.clone());
-    let transfer = Transfer::new(
-        TransferDeps {
-            redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
-            store: Arc::new(EmbeddedStore::new()),
-            producer: Arc::new(log.producer()),
-            hook: Arc::new(EmbeddedHook::default()),
-            clock,
-            rng: Arc::new(SeededRng::new(1)),
-            metrics: Arc::new(Metrics::default()),
-        },
-        TransferConfig::default(),
-    );
+    let clock = Arc::new(ManualClock::new(1_764_000_000_000));
+    let deps = msgtransfer::embedded::transfer_deps(clock, 1, 1 << 20);
+    let transfer = Transfer::new(deps, TransferConfig::default());
     let mut checked = 0;
     for case in cases().iter().filter(|c| c.ty == "openim.sdkws.MsgData") {
         let bytes = bytes_of(case);

@@ -13,16 +13,14 @@ use msgtransfer::domain::conversation;
 use msgtransfer::domain::limits::Limits;
 use msgtransfer::domain::options::{is_on, key};
 use msgtransfer::domain::session;
-use msgtransfer::embedded::hook::EmbeddedHook;
-use msgtransfer::embedded::log::EmbeddedLog;
-use msgtransfer::embedded::redis::{EmbeddedRedis, shared_engine};
+use msgtransfer::embedded::redis::EmbeddedRedis;
 use msgtransfer::embedded::store::EmbeddedStore;
 use msgtransfer::metrics::Metrics;
 use msgtransfer::pipeline::persist::{Persist, PersistDeps};
 use msgtransfer::pipeline::retry::Backoff;
-use msgtransfer::pipeline::transfer::{Transfer, TransferConfig, TransferDeps};
+use msgtransfer::pipeline::transfer::{Transfer, TransferConfig};
 use msgtransfer::ports::clock::ManualClock;
-use msgtransfer::ports::{Record, SeededRng, SharedClock};
+use msgtransfer::ports::{Record, SeededRng};
 use msgtransfer::proto::MsgData;
 use prost::Message;
 
@@ -148,17 +146,7 @@ pub fn clock() -> Arc<ManualClock> {
 /// The `toRedis` handler over fresh embedded backends, whose producer
 /// refuses records above `max_record_bytes`.
 pub fn transfer_handler(max_record_bytes: usize) -> Transfer<EmbeddedRedis> {
-    let clock: SharedClock = clock();
-    let log = EmbeddedLog::new(1, max_record_bytes, clock.clone());
-    let deps = TransferDeps {
-        redis: EmbeddedRedis::new(shared_engine(1), clock.clone()),
-        store: Arc::new(EmbeddedStore::new()),
-        producer: Arc::new(log.producer()),
-        hook: Arc::new(EmbeddedHook::default()),
-        clock,
-        rng: Arc::new(SeededRng::new(1)),
-        metrics: Arc::new(Metrics::default()),
-    };
+    let deps = msgtransfer::embedded::transfer_deps(clock(), 1, max_record_bytes);
     Transfer::new(deps, TransferConfig::default())
 }
 

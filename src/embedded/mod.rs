@@ -93,3 +93,25 @@ impl FaultPlan {
         })
     }
 }
+
+/// The transfer stage's dependencies on fresh embedded backends of their
+/// own: a one-partition log whose producer refuses records over
+/// `max_record_bytes`, an empty Redis and store, a hook that records, and
+/// an RNG seeded with `seed`. For tests and fuzz targets that drive the
+/// handler directly.
+pub fn transfer_deps(
+    clock: crate::ports::SharedClock,
+    seed: u64,
+    max_record_bytes: usize,
+) -> crate::pipeline::transfer::TransferDeps<redis::EmbeddedRedis> {
+    let log = log::EmbeddedLog::new(1, max_record_bytes, clock.clone());
+    crate::pipeline::transfer::TransferDeps {
+        redis: redis::EmbeddedRedis::new(redis::shared_engine(seed), clock.clone()),
+        store: std::sync::Arc::new(store::EmbeddedStore::new()),
+        producer: std::sync::Arc::new(log.producer()),
+        hook: std::sync::Arc::new(hook::EmbeddedHook::default()),
+        clock,
+        rng: std::sync::Arc::new(crate::ports::SeededRng::new(seed)),
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::default()),
+    }
+}
