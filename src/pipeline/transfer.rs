@@ -627,18 +627,22 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             .max_record_bytes()
             .saturating_sub(self.cfg.envelope_margin_bytes)
             .max(1);
+        /// One message of a run.
+        struct Entry<'a> {
+            key: &'a Bytes,
+            seq: i64,
+            operation_id: std::borrow::Cow<'a, str>,
+            body: &'a [u8],
+        }
         let mut out = Vec::new();
-        // The run: per message its item, seq and encoding.
-        let mut run: Vec<(&TransferItem, i64, &[u8])> = Vec::new();
+        let mut run: Vec<Entry<'_>> = Vec::new();
         let mut run_bytes = 0usize;
-        let flush = |run: &mut Vec<(&TransferItem, i64, &[u8])>, out: &mut Vec<OutRecord>| {
-            let Some((first, first_seq, _)) = run.first() else {
+        let flush = |run: &mut Vec<Entry<'_>>, out: &mut Vec<OutRecord>| {
+            let Some(first) = run.first() else {
                 return;
             };
-            let ops: Vec<_> = run.iter().map(|(it, _, _)| it.operation_id()).collect();
-            let ctx = MsgContext::aggregate(ops.iter().map(|op| op.as_ref()));
-            let value =
-                encode_mongo_record(first_seq - 1, conv, run.iter().map(|(_, _, body)| *body));
+            let ctx = MsgContext::aggregate(run.iter().map(|e| e.operation_id.as_ref()));
+            let value = encode_mongo_record(first.seq - 1, conv, run.iter().map(|e| e.body));
             out.push(OutRecord {
                 topic: self.cfg.topics.to_mongo.clone(),
                 key: first.key.clone(),
@@ -651,8 +655,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
             let Some(body) = body.as_deref().filter(|_| it.stored) else {
                 continue;
             };
-            let size = body.len() + 8 + it.operation_id().len() + 1;
-            let contiguous = run.last().is_some_and(|(_, prev, _)| prev + 1 == msg.seq);
+            let operation_id = it.operation_id();
+            let size = body.len() + 8 + operation_id.len() + 1;
+            let contiguous = run.last().is_some_and(|prev| prev.seq + 1 == msg.seq);
             // Within our own persistence consumer's limits too.
             let full = run.len() >= self.cfg.limits.messages_per_record
                 || run_bytes + size > limit.min(self.cfg.limits.record_bytes);
@@ -660,7 +665,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Transfer<C> {
                 flush(&mut run, &mut out);
                 run_bytes = 0;
             }
-            run.push((it, msg.seq, body));
+            run.push(Entry {
+                key: &it.key,
+                seq: msg.seq,
+                operation_id,
+                body,
+            });
             run_bytes += size;
         }
         flush(&mut run, &mut out);
