@@ -19,17 +19,27 @@
 -- ARGV[12] n, the number of messages
 -- ARGV[13] 1: write MSG_CACHE and SEQ_USER_READ here; 0: leave them to the
 --          caller (Redis Cluster, where those keys live in other slots)
--- ARGV[14] d: clientMsgIDs looked up in the durable ledger (Mongo) follow
+-- ARGV[14] the seq message 1's cache JSON was written with; message i's
+--          was written with this + i - 1. -1: the predictions are not
+--          consecutive, read them from ARGV[15]
+-- ARGV[15] per message, space-separated, 'predicted:offset': the seq its
+--          JSON was written with and the byte offset of that seq's digits.
+--          Read only when a message gets another seq than predicted (or
+--          when ARGV[14] is -1)
+-- ARGV[16] d: clientMsgIDs looked up in the durable ledger (Mongo) follow
 --          as d pairs (clientMsgID, seq), seq 0 = not recorded; -1 = the
 --          caller keeps no ledger (never ask for a lookup)
--- ARGV[15..14+2d]  the looked-up pairs
--- then per message (5 each): clientMsgID, sender index (0 = none),
---                  cache JSON written with the seq the caller predicts,
---                  that predicted seq, the byte offset of its digits
+-- ARGV[17..16+2d]  the looked-up pairs
+-- then per message (3 each): clientMsgID, sender index (0 = none), cache
+--                  JSON written with the predicted seq
 -- then the sender user IDs, indexed from 1.
 --
 -- Replies:
---   {0, prev, seq_1, hit_1, ..., seq_n, hit_n}  done; prev = CURR before
+--   {0, prev, i_1, seq_1, ..., i_k, seq_k}  done; prev = CURR before. The
+--                               pairs are the messages whose seq was already
+--                               known (redeliveries, copies in the batch), by
+--                               index, ascending; the others got prev + 1,
+--                               prev + 2, ... in order
 --   {1, need}                   key missing, lock taken: reserve and retry
 --   {3, need}                   block exhausted, lock taken: reserve and retry
 --   {2}                         another refill holds the lock: wait, retry
@@ -54,13 +64,14 @@ local token = ARGV[3]
 local mode = tonumber(ARGV[4])
 local n = tonumber(ARGV[12])
 local write_cache = ARGV[13] == '1'
-local looked_n = tonumber(ARGV[14])
+local first_predicted = tonumber(ARGV[14])
+local looked_n = tonumber(ARGV[16])
 local looked = {}
 for j = 1, math.max(looked_n, 0) do
-  looked[ARGV[13 + 2 * j]] = tonumber(ARGV[14 + 2 * j])
+  looked[ARGV[15 + 2 * j]] = tonumber(ARGV[16 + 2 * j])
 end
-local base = 14 + 2 * math.max(looked_n, 0)
-local senders_at = base + 5 * n
+local base = 16 + 2 * math.max(looked_n, 0)
+local senders_at = base + 3 * n
 
 local format = string.format
 local function num(x) return format('%d', x) end
@@ -68,7 +79,7 @@ local function num(x) return format('%d', x) end
 -- 1. Dedup: which messages already have a seq (earlier delivery, or an
 --    earlier copy inside this batch)?
 local ids = {}
-for i = 1, n do ids[i] = ARGV[base + 5 * (i - 1) + 1] end
+for i = 1, n do ids[i] = ARGV[base + 3 * (i - 1) + 1] end
 local cur_epoch = redis.call('HMGET', KEYS[2], unpack(ids))
 local prev_epoch = redis.call('HMGET', KEYS[3], unpack(ids))
 local seqs, hits, first_of = {}, {}, {}
@@ -203,26 +214,41 @@ end
 --    not have got this far) and the senders' read seqs, max-only. The
 --    caller wrote each JSON with the seq it predicted; where that is not
 --    the seq the message got, the digits are replaced.
+local predicted, offsets -- from ARGV[15], read when first needed
+local function read_predictions()
+  predicted, offsets = {}, {}
+  local k = 0
+  for p, o in string.gmatch(ARGV[15], '(%-?%d+):(%d+)') do
+    k = k + 1
+    predicted[k] = tonumber(p)
+    offsets[k] = tonumber(o)
+  end
+end
+if first_predicted < 0 then read_predictions() end
 local top = {}
-local reply = {0, prev}
+local reply, n_reply = {0, prev}, 2
 for i = 1, n do
-  local at = base + 5 * (i - 1)
   if write_cache then
+    local at = base + 3 * (i - 1)
     local s = seq_text[i] or num(seqs[i])
     local key = 'MSG_CACHE:' .. conv .. ':' .. s
     local json = ARGV[at + 3]
-    local predicted = ARGV[at + 4]
-    if predicted ~= s then
-      local off = tonumber(ARGV[at + 5])
-      json = string.sub(json, 1, off) .. s .. string.sub(json, off + #predicted + 1)
+    local guess = predicted and predicted[i] or first_predicted + i - 1
+    if seqs[i] ~= guess then
+      if not offsets then read_predictions() end
+      local off = offsets[i]
+      json = string.sub(json, 1, off) .. s .. string.sub(json, off + #num(guess) + 1)
     end
     redis.call('HSET', key, 'value', json)
     redis.call('EXPIRE', key, ARGV[10])
     local who = tonumber(ARGV[at + 2])
     if who > 0 and (top[who] == nil or top[who] < seqs[i]) then top[who] = seqs[i] end
   end
-  reply[2 * i + 1] = seqs[i]
-  reply[2 * i + 2] = hits[i]
+  if hits[i] == 1 then
+    reply[n_reply + 1] = i
+    reply[n_reply + 2] = seqs[i]
+    n_reply = n_reply + 2
+  end
 end
 for who, s in pairs(top) do
   local key = 'SEQ_USER_READ:' .. conv .. ':' .. ARGV[senders_at + who]

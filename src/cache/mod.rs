@@ -292,6 +292,7 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             },
         })
         .collect();
+    let (first_predicted, predictions) = predictions(items, cfg.cache_in_script);
     let token = tokens.token();
     let mut refill: Option<Refill> = None;
     let mut lock_waits = 0u32;
@@ -311,8 +312,8 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             .sum();
         let looked_bytes: usize = looked.keys().map(|k| k.len() + 20).sum();
         let mut cmd = redis::Cmd::with_capacity(
-            18 + 2 * looked.len() + 5 * items.len() + senders.len(),
-            json_bytes + looked_bytes + 256 + 3 * conversation_id.len(),
+            20 + 2 * looked.len() + 3 * items.len() + senders.len(),
+            json_bytes + looked_bytes + predictions.len() + 256 + 3 * conversation_id.len(),
         );
         cmd.arg("EVALSHA")
             .arg(ASSIGN_SHA.as_str())
@@ -332,7 +333,9 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             .arg(cfg.msg_cache_ttl_s)
             .arg(cfg.read_seq_ttl_s)
             .arg(items.len())
-            .arg(u8::from(cfg.cache_in_script));
+            .arg(u8::from(cfg.cache_in_script))
+            .arg(first_predicted)
+            .arg(&predictions);
         if cfg.ledger {
             cmd.arg(looked.len());
             for (id, seq) in &looked {
@@ -343,13 +346,9 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
         }
         for (it, who) in items.iter().zip(&sender_index) {
             if cfg.cache_in_script {
-                cmd.arg(it.client_msg_id)
-                    .arg(*who)
-                    .arg(it.json)
-                    .arg(it.predicted)
-                    .arg(it.seq_at);
+                cmd.arg(it.client_msg_id).arg(*who).arg(it.json);
             } else {
-                cmd.arg(it.client_msg_id).arg(0).arg("").arg(0).arg(0);
+                cmd.arg(it.client_msg_id).arg(0).arg("");
             }
         }
         if cfg.cache_in_script {
@@ -388,19 +387,15 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             Err(e) => return Err(e.into()),
         };
         match reply.first().copied() {
-            Some(0) if reply.len() == 2 + 2 * items.len() => {
+            Some(0) if reply.len() >= 2 && reply.len() % 2 == 0 => {
                 if fenced && acked < i64::from(cfg.wait_replicas) {
                     return Err(CacheError::NotReplicated {
                         acked,
                         wanted: cfg.wait_replicas,
                     });
                 }
-                let mut seqs = Vec::with_capacity(items.len());
-                let mut hits = Vec::with_capacity(items.len());
-                for pair in reply[2..].chunks_exact(2) {
-                    seqs.push(pair[0]);
-                    hits.push(pair[1] == 1);
-                }
+                let (seqs, hits) = read_done(&reply, items.len())
+                    .ok_or_else(|| CacheError::Protocol(reply.clone()))?;
                 if !cfg.cache_in_script {
                     put_each(conn, cfg, conversation_id, items, &seqs).await?;
                 }
@@ -495,6 +490,61 @@ pub async fn assign<C: ConnectionLike + Clone + Send + Sync>(
             _ => return Err(CacheError::Protocol(reply)),
         }
     }
+}
+
+/// What the script needs to check the caller's seq predictions: the seq
+/// the first message's JSON was written with when every next message's
+/// predicts one more (-1 when not), and the list of each message's
+/// `predicted:offset`, which the script reads only when a prediction
+/// missed. Both are empty-handed when the script writes no cache.
+fn predictions(items: &[AssignItem<'_>], cache_in_script: bool) -> (i64, String) {
+    use std::fmt::Write as _;
+    if !cache_in_script {
+        return (0, String::new());
+    }
+    let first = items.first().map_or(0, |it| it.predicted);
+    let consecutive = first >= 0
+        && items
+            .iter()
+            .zip(first..)
+            .all(|(it, want)| it.predicted == want);
+    let mut list = String::with_capacity(items.len() * 12);
+    for it in items {
+        if !list.is_empty() {
+            list.push(' ');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(list, "{}:{}", it.predicted, it.seq_at);
+    }
+    (if consecutive { first } else { -1 }, list)
+}
+
+/// The seqs and hit flags of `n` messages from the script's "done" reply
+/// `{0, prev, i_1, seq_1, ...}`, which lists the messages whose seq was
+/// already known (by 1-based index, ascending); the others got `prev + 1`,
+/// `prev + 2`, ... in order. `None` if the reply does not fit `n`.
+fn read_done(reply: &[i64], n: usize) -> Option<(Vec<i64>, Vec<bool>)> {
+    let prev = *reply.get(1)?;
+    let mut seqs = vec![0; n];
+    let mut hits = vec![false; n];
+    let mut last = 0usize;
+    for pair in reply.get(2..)?.chunks_exact(2) {
+        let i = usize::try_from(pair[0]).ok()?;
+        if i <= last || i > n {
+            return None;
+        }
+        last = i;
+        seqs[i - 1] = pair[1];
+        hits[i - 1] = true;
+    }
+    let mut next = prev;
+    for (seq, hit) in seqs.iter_mut().zip(&hits) {
+        if !hit {
+            next += 1;
+            *seq = next;
+        }
+    }
+    Some((seqs, hits))
 }
 
 /// Writes the cache entries and raises the senders' read seqs of an

@@ -64,6 +64,18 @@ impl Fixture {
         .await
     }
 
+    /// Asserts each `(seq, json)` is cached under `conv` with that JSON.
+    async fn assert_cached(&mut self, conv: &str, want: &[(i64, &str)]) {
+        for (seq, json) in want {
+            let key = format!("MSG_CACHE:{conv}:{seq}");
+            assert_eq!(
+                self.hget(&key, "value").await.as_deref(),
+                Some(*json),
+                "{key}"
+            );
+        }
+    }
+
     async fn hget(&mut self, key: &str, field: &str) -> Option<String> {
         redis::cmd("HGET")
             .arg(key)
@@ -151,15 +163,90 @@ async fn the_cache_json_keeps_a_right_prediction_and_splices_a_wrong_one() {
         (3, "{\"Seq\":3,\"x\":\"d\"}"),
         (4, "{\"Seq\":4"),
     ];
-    for (seq, json) in want {
-        let key = format!("MSG_CACHE:sg_g:{seq}");
-        assert_eq!(f.hget(&key, "value").await.as_deref(), Some(json), "{key}");
-    }
+    f.assert_cached("sg_g", &want).await;
     // The same rule on the Rust side (Redis Cluster writes the cache there).
     assert_eq!(items[0].cache_json(1), "{\"Seq\":1,\"x\":\"a\"}");
     assert_eq!(items[3].cache_json(3), "{\"Seq\":3,\"x\":\"d\"}");
     assert_eq!(items[2].cache_json(123), "{\"Seq\":123,\"x\":\"c\"}");
     assert_eq!(items[4].cache_json(4), "{\"Seq\":4");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn consecutive_predictions_that_miss_are_spliced_from_the_offset_list() {
+    // The pipeline predicts consecutive seqs, which the script checks by
+    // arithmetic and reads the `predicted:offset` list only on a miss.
+    let mut f = fixture();
+    let ids: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    f.assign("sg_g", &refs, None).await; // seqs 1..=8
+    // Predicted 9, 10, 11; m3 is a redelivery (seq 3), so x gets 9 and y
+    // 10: one digit fewer than predicted for m3 and x, the same for y.
+    let jsons = [
+        ("m3", "{\"Seq\":9,\"x\":\"m3\"}", 9),
+        ("x", "{\"Seq\":10,\"x\":\"x\"}", 10),
+        ("y", "{\"Seq\":11,\"x\":\"y\"}", 11),
+    ];
+    let items: Vec<AssignItem<'_>> = jsons
+        .iter()
+        .map(|(id, json, predicted)| AssignItem {
+            client_msg_id: id,
+            sender: None,
+            json,
+            predicted: *predicted,
+            seq_at: 7,
+        })
+        .collect();
+    assert_eq!(predictions(&items, true).0, 9, "sent as consecutive");
+    let a = f.try_assign("sg_g", &items).await.unwrap();
+    assert_eq!(a.seqs, vec![3, 9, 10]);
+    assert_eq!(a.hits, vec![true, false, false]);
+    assert_eq!(a.prev, 8);
+    let want = [
+        (3, "{\"Seq\":3,\"x\":\"m3\"}"),
+        (9, "{\"Seq\":9,\"x\":\"x\"}"),
+        (10, "{\"Seq\":10,\"x\":\"y\"}"),
+    ];
+    f.assert_cached("sg_g", &want).await;
+}
+
+#[test]
+fn predictions_are_sent_as_a_first_seq_only_when_consecutive() {
+    let item = |predicted, seq_at| AssignItem {
+        client_msg_id: "m",
+        sender: None,
+        json: "",
+        predicted,
+        seq_at,
+    };
+    let run = [item(7, 3), item(8, 4), item(9, 5)];
+    assert_eq!(predictions(&run, true), (7, "7:3 8:4 9:5".to_string()));
+    let gap = [item(7, 3), item(9, 4)];
+    assert_eq!(predictions(&gap, true), (-1, "7:3 9:4".to_string()));
+    let repeated = [item(0, 7), item(0, 7)];
+    assert_eq!(predictions(&repeated, true).0, -1);
+    // Without cache writes in the script there is nothing to predict.
+    assert_eq!(predictions(&run, false), (0, String::new()));
+}
+
+#[test]
+fn the_done_reply_lists_known_seqs_and_counts_the_rest_from_prev() {
+    // Five messages; the 2nd and 4th were known (seqs 3 and 40), the
+    // others follow CURR = 10.
+    let (seqs, hits) = read_done(&[0, 10, 2, 3, 4, 40], 5).unwrap();
+    assert_eq!(seqs, vec![11, 3, 12, 40, 13]);
+    assert_eq!(hits, vec![false, true, false, true, false]);
+    // Nothing known: all fresh.
+    assert_eq!(read_done(&[0, 0], 2).unwrap().0, vec![1, 2]);
+    // Indices out of range, repeated or descending are refused.
+    for bad in [
+        &[0, 10, 0, 3][..],
+        &[0, 10, 3, 3],
+        &[0, 10, 2, 3, 2, 4],
+        &[0, 10, 1, 3, 1, 4],
+        &[0],
+    ] {
+        assert!(read_done(bad, 2).is_none(), "{bad:?}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
