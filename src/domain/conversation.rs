@@ -12,11 +12,27 @@ use crate::proto::MsgData;
 
 /// The two user IDs in byte order, joined with `_`.
 fn sorted_pair(a: &str, b: &str) -> String {
-    if a <= b {
-        format!("{a}_{b}")
-    } else {
-        format!("{b}_{a}")
-    }
+    prefixed_pair("", a, b)
+}
+
+/// `prefix` then `a` and `b` joined by `_`, the smaller first, built in one
+/// allocation (conversation IDs are made for every message).
+fn prefixed_pair(prefix: &str, a: &str, b: &str) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut id = String::with_capacity(prefix.len() + lo.len() + 1 + hi.len());
+    id.push_str(prefix);
+    id.push_str(lo);
+    id.push('_');
+    id.push_str(hi);
+    id
+}
+
+/// `prefix` then `s`, in one allocation.
+fn prefixed(prefix: &str, s: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + s.len());
+    id.push_str(prefix);
+    id.push_str(s);
+    id
 }
 
 /// The Kafka record key the msg RPC uses for `msg` (and we reuse for the
@@ -59,12 +75,10 @@ impl<'a> Parties<'a> {
     /// The chat conversation, or `None` for an unknown session type.
     pub fn chat_conversation_id(&self) -> Option<String> {
         match self.session_type {
-            session::SINGLE => Some(format!("si_{}", sorted_pair(self.send_id, self.recv_id))),
-            session::WRITE_GROUP => Some(format!("g_{}", self.group_id)),
-            session::READ_GROUP => Some(format!("sg_{}", self.group_id)),
-            session::NOTIFICATION => {
-                Some(format!("sn_{}", sorted_pair(self.send_id, self.recv_id)))
-            }
+            session::SINGLE => Some(prefixed_pair("si_", self.send_id, self.recv_id)),
+            session::WRITE_GROUP => Some(prefixed("g_", self.group_id)),
+            session::READ_GROUP => Some(prefixed("sg_", self.group_id)),
+            session::NOTIFICATION => Some(prefixed_pair("sn_", self.send_id, self.recv_id)),
             _ => None,
         }
     }
@@ -74,9 +88,9 @@ impl<'a> Parties<'a> {
     pub fn notification_conversation_id(&self) -> Option<String> {
         match self.session_type {
             session::SINGLE | session::NOTIFICATION => {
-                Some(format!("n_{}", sorted_pair(self.send_id, self.recv_id)))
+                Some(prefixed_pair("n_", self.send_id, self.recv_id))
             }
-            session::WRITE_GROUP | session::READ_GROUP => Some(format!("n_{}", self.group_id)),
+            session::WRITE_GROUP | session::READ_GROUP => Some(prefixed("n_", self.group_id)),
             _ => None,
         }
     }

@@ -241,11 +241,17 @@ impl TransferItem {
         MsgContext::from_headers(&self.headers)
     }
 
-    /// The record's operation ID (its first positional header).
+    /// The record's operation ID (its first positional header), invalid
+    /// UTF-8 replaced as `MsgContext` replaces it.
     pub fn operation_id(&self) -> std::borrow::Cow<'_, str> {
+        // `from_utf8` checks valid (nearly always ASCII) text several times
+        // faster than `from_utf8_lossy`, which walks it chunk by chunk.
         self.headers
             .first()
-            .map(|(_, v)| String::from_utf8_lossy(v))
+            .map(|(_, v)| match std::str::from_utf8(v) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(v),
+            })
             .unwrap_or_default()
     }
 }
@@ -816,5 +822,35 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn the_operation_id_is_the_first_header_with_invalid_utf8_replaced() {
+        let item = |value: &[u8]| TransferItem {
+            value: Bytes::new(),
+            role: Role::Whole,
+            stored: true,
+            chat: true,
+            key: Bytes::new(),
+            headers: Arc::from(vec![
+                ("operationID".to_string(), value.to_vec()),
+                ("connID".to_string(), b"c".to_vec()),
+            ]),
+            receipt: None,
+        };
+        for value in [
+            &b"op-1"[..],
+            b"",
+            b"op\xff\xfe-2",
+            "\u{e9}t\u{e9}".as_bytes(),
+        ] {
+            let it = item(value);
+            assert_eq!(it.operation_id(), it.context().operation_id, "{value:?}");
+        }
+        assert_eq!(item(b"op\xff").operation_id(), "op\u{fffd}");
+        assert!(matches!(
+            item(b"op-1").operation_id(),
+            std::borrow::Cow::Borrowed("op-1")
+        ));
     }
 }
