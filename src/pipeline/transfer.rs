@@ -40,7 +40,7 @@ use super::consumer::{Batch, ConvKey, Handler, Rejection};
 use super::retry::{Backoff, Retrier};
 use crate::cache::{self, AssignItem, CacheConfig};
 use crate::domain::categorise::{Role, plan};
-use crate::domain::context::{HEADER_KEYS, Header, MsgContext};
+use crate::domain::context::{HEADER_KEYS, Header, MsgContext, header_text};
 use crate::domain::conversation::Parties;
 use crate::domain::limits::Limits;
 use crate::domain::receipt::{self, ReadReceipt};
@@ -241,18 +241,10 @@ impl TransferItem {
         MsgContext::from_headers(&self.headers)
     }
 
-    /// The record's operation ID (its first positional header), invalid
-    /// UTF-8 replaced as `MsgContext` replaces it.
+    /// The record's operation ID (its first positional header), read as
+    /// `MsgContext` reads it.
     pub fn operation_id(&self) -> std::borrow::Cow<'_, str> {
-        // `from_utf8` checks valid (nearly always ASCII) text several times
-        // faster than `from_utf8_lossy`, which walks it chunk by chunk.
-        self.headers
-            .first()
-            .map(|(_, v)| match std::str::from_utf8(v) {
-                Ok(s) => std::borrow::Cow::Borrowed(s),
-                Err(_) => String::from_utf8_lossy(v),
-            })
-            .unwrap_or_default()
+        header_text(&self.headers, 0)
     }
 }
 
